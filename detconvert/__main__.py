@@ -1,0 +1,5 @@
+import sys
+
+from detconvert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``detconvert`` subcommand (see :mod:`detconvert.cli`)."""

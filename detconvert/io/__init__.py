@@ -1,0 +1,1 @@
+"""Reading and writing files: Detectron pickles, embedded cfg text, converted checkpoints."""
