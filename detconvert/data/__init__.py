@@ -1,0 +1,1 @@
+"""Batching for detection: per-device padding and aspect-ratio-grouped batch samplers."""
