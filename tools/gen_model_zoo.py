@@ -128,7 +128,12 @@ def build_catalogue(shared: Path) -> Dict:
         rows = list(csv.DictReader(f))
     config_weights = _read_config_weights(shared / "detectron_configs")
 
-    imagenet_urls = sorted({w["train"] for w in config_weights.values() if w["train"]})
+    # Most-used first (R-50, R-101, ...), then by name: the order `zoo list --type imagenet` shows.
+    use_count: Dict[str, int] = {}
+    for weights in config_weights.values():
+        if weights["train"]:
+            use_count[weights["train"]] = use_count.get(weights["train"], 0) + 1
+    imagenet_urls = sorted(use_count, key=lambda u: (-use_count[u], Path(u).stem))
     imagenet = OrderedDict()
     for url in imagenet_urls:
         path = _url_path(url, DEFAULT_BASE_URL)  # ImageNetPretrained/<group>/<name>.pkl
