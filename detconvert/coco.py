@@ -292,6 +292,9 @@ def evaluate_results(
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             # Detectron evaluates on all annotated images (sorted ids), detections or not.
             evaluator.params.imgIds = sorted(gt_images)
+            if iou_type == "keypoints":
+                # OKS needs keypoint annotations: only categories that define keypoints (COCO: person).
+                evaluator.params.catIds = sorted(c["id"] for c in coco_gt.dataset["categories"] if c.get("keypoints"))
             evaluator.evaluate()
             evaluator.accumulate()
         table = io.StringIO()

@@ -1,0 +1,58 @@
+"""``detconvert eval`` (and ``tools/test_net.py``): run a model over a COCO-format dataset and print its AP.
+
+With ``--results FILE`` an existing COCO results json is evaluated instead (no model needed).
+"""
+from __future__ import annotations
+
+import argparse
+
+from detconvert.commands.infer import add_model_arguments, class_table_from_args, load_predictor
+from detconvert.errors import DetconvertError
+
+HELP = "evaluate on a COCO-format dataset (image folder + annotation json) with pycocotools; or --results FILE"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    group = parser.add_argument_group("dataset and results")
+    group.add_argument("--annotations", "--ann", dest="annotations", metavar="JSON", required=True,
+                       help="COCO-format annotation json")
+    group.add_argument("--image_dir", "--image-dir", dest="image_dir", metavar="DIR",
+                       help="folder holding the annotated images (file_name is relative to it)")
+    group.add_argument("--results", metavar="FILE", help="evaluate this COCO results json instead of running a model")
+    group.add_argument("--output_dir", "--output-dir", dest="output_dir", default="eval_outputs", metavar="DIR",
+                       help="where the results json goes (default: eval_outputs)")
+    group.add_argument("--json", dest="json_path", metavar="FILE",
+                       help="results json path (default: OUTPUT_DIR/detections_coco.json)")
+    group.add_argument("--iou-types", "--iou_types", dest="iou_types", nargs="+",
+                       choices=("bbox", "segm", "keypoints"),
+                       help="what to evaluate (default: everything the results and annotations have)")
+    group.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                       help="no progress bar (it is shown only on a terminal anyway)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from detconvert.evaluate import evaluate_dataset, evaluate_results_file
+
+    if args.results:
+        if args.weights:
+            raise DetconvertError("give either --results or weights, not both", "--results")
+        report = evaluate_results_file(args.results, args.annotations, iou_types=args.iou_types)
+    else:
+        if not args.image_dir:
+            raise DetconvertError("needs --image_dir DIR (or --results FILE to evaluate an existing json)")
+        predictor = load_predictor(args)
+        report = evaluate_dataset(
+            predictor,
+            args.image_dir,
+            args.annotations,
+            args.output_dir,
+            json_path=args.json_path,
+            iou_types=args.iou_types,
+            batch_size=args.batch_size,
+            class_table=class_table_from_args(args, predictor),
+            progress=args.progress,
+        )
+    headline = ", ".join(f"{kind} AP {stats['AP'] * 100:.1f}" for kind, stats in report.stats.items())
+    print(f"summary: {headline or 'nothing evaluated'}" + (f" ({report.results_path})" if report.results_path else ""))
+    return 0

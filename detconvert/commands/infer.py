@@ -1,0 +1,141 @@
+"""``detconvert infer`` (and ``tools/infer_simple.py``): detect on images, write pictures and COCO json.
+
+Accepts the flags of both Detectron's and Detectron.pytorch's ``tools/infer_simple.py``. The model
+arguments (:func:`add_model_arguments`, :func:`load_predictor`) are shared with ``detconvert eval``.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, List, Optional, Sequence, Tuple
+
+from detconvert.errors import DetconvertError
+
+HELP = "detect on images or folders: Detectron-style pictures (PNG/JPG/PDF) and a COCO results json"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Weights, config, dataset, device and ``--set`` overrides (Detectron and Detectron.pytorch spellings)."""
+    group = parser.add_argument_group("model")
+    weights = group.add_mutually_exclusive_group()
+    weights.add_argument("--load_detectron", "--load-detectron", dest="weights", metavar="PKL",
+                         help="Detectron weight file (model_final.pkl) or model-zoo name")
+    weights.add_argument("--load_ckpt", "--load-ckpt", dest="weights", metavar="FILE",
+                         help="a converted detconvert checkpoint")
+    weights.add_argument("--wts", "--weights", dest="weights", metavar="FILE",
+                         help="weights, as Detectron's --wts (any of the above)")
+    group.add_argument("--cfg", metavar="YAML",
+                       help="Detectron config; default: the cfg embedded in the weights")
+    group.add_argument("--dataset", metavar="NAME|FILE",
+                       help="class names and category ids: coco*, keypoints_coco*, voc* or a class-list file "
+                            "(default: the model's own)")
+    group.add_argument("--set", dest="set_cfgs", nargs="+", default=[], metavar="KEY VALUE",
+                       help="config overrides as KEY VALUE pairs, e.g. --set TEST.SCALE 600")
+    group.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when available)")
+    group.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1, metavar="N",
+                       help="images per forward pass (default 1)")
+
+
+def override_pairs(flat: Sequence[str]) -> List[Tuple[str, str]]:
+    """``[K1, V1, K2, V2]`` -> ``[(K1, V1), (K2, V2)]`` (Detectron's ``cfg_from_list`` input)."""
+    if len(flat) % 2:
+        raise DetconvertError(f"expects KEY VALUE pairs, got an odd number of words: {' '.join(flat)}", "--set")
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def class_table_from_args(args: argparse.Namespace, predictor: Any):
+    """The ``--dataset`` table (checked against the model's class count), else the model's own names."""
+    from detconvert.datasets import get_class_table, table_from_names
+
+    if not args.dataset:
+        return table_from_names(predictor.class_names)
+    table = get_class_table(args.dataset)
+    num_classes = predictor.spec.num_classes
+    if table.num_classes != num_classes:
+        raise DetconvertError(
+            f"dataset has {table.num_classes - 1} classes + background, the model "
+            f"{num_classes - 1} + background; pick the matching --dataset",
+            args.dataset,
+        )
+    return table
+
+
+def load_predictor(args: argparse.Namespace) -> Any:
+    """``detconvert.load_model`` from parsed model arguments."""
+    if not args.weights:
+        raise DetconvertError("no weights given: pass --load_detectron PKL, --load_ckpt FILE or --wts FILE")
+    try:
+        from detconvert.model import load_model
+    except ModuleNotFoundError as exc:
+        if exc.name == "detconvert.model":
+            raise DetconvertError("model loading is not available in this build (detconvert.model missing)")
+        raise
+    from detconvert.datasets import get_class_table
+
+    dataset = None
+    if args.dataset:
+        get_class_table(args.dataset)  # fail early on a bad --dataset, before loading weights
+        # load_model takes dataset names (Detectron.pytorch's --dataset); a class-list file only
+        # renames classes here and is checked against the model's class count afterwards.
+        if args.dataset.lower().startswith(("coco", "keypoints_coco", "voc")):
+            dataset = args.dataset
+    return load_model(args.weights, args.cfg, dataset=dataset, device=args.device,
+                      overrides=override_pairs(args.set_cfgs))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    group = parser.add_argument_group("input and output")
+    group.add_argument("im_or_folder", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
+    group.add_argument("--image_dir", "--image-dir", dest="image_dirs", action="append", default=[],
+                       metavar="DIR", help="folder of images (repeatable)")
+    group.add_argument("--images", nargs="+", default=[], metavar="IMAGE", help="image files")
+    group.add_argument("--image-ext", "--image_ext", dest="image_ext", metavar="EXT",
+                       help="only this extension inside folders (default: all image types)")
+    group.add_argument("--output_dir", "--output-dir", dest="output_dir", default="infer_outputs", metavar="DIR",
+                       help="where pictures and the json go (default: infer_outputs)")
+    group.add_argument("--output-ext", "--output_ext", dest="output_ext", default="png",
+                       choices=("png", "jpg", "jpeg", "pdf"), help="picture format (default png)")
+    group.add_argument("--json", dest="json_path", metavar="FILE",
+                       help="COCO results json (default: OUTPUT_DIR/detections_coco.json)")
+    group.add_argument("--thresh", type=float, default=0.7, help="score threshold for drawing (default 0.7)")
+    group.add_argument("--kp-thresh", "--kp_thresh", dest="kp_thresh", type=float, default=2.0,
+                       help="keypoint logit threshold for drawing (default 2)")
+    group.add_argument("--always-out", "--always_out", dest="always_out", action="store_true",
+                       help="write a picture even when nothing reaches --thresh")
+    group.add_argument("--classes", metavar="NAMES",
+                       help="comma-separated class names (or indices) to keep, e.g. person,dog")
+    group.add_argument("--verbose", action="store_true", help="one summary line per image")
+    group.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                       help="no progress bar (it is shown only on a terminal anyway)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from detconvert.infer import collect_images, infer_images
+
+    inputs = [*args.im_or_folder, *args.image_dirs, *args.images]
+    if not inputs:
+        raise DetconvertError("no images given: pass IMAGE_OR_FOLDER, --image_dir DIR or --images FILE ...")
+    collect_images(inputs, args.image_ext)  # missing paths and empty folders fail before the weights load
+    predictor = load_predictor(args)
+    summary = infer_images(
+        predictor,
+        inputs,
+        args.output_dir,
+        ext=args.output_ext,
+        thresh=args.thresh,
+        kp_thresh=args.kp_thresh,
+        always_out=args.always_out,
+        classes=[c for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        json_path=args.json_path,
+        verbose=args.verbose,
+        progress=args.progress,
+        batch_size=args.batch_size,
+        image_ext=args.image_ext,
+        class_table=class_table_from_args(args, predictor),
+    )
+    skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
+    print(
+        f"{len(summary.images)} images{skipped}: {len(summary.pictures)} pictures in {args.output_dir}, "
+        f"{summary.num_detections} detections in {summary.json_path}"
+    )
+    return 0
