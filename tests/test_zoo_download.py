@@ -278,6 +278,15 @@ def test_offline_with_cached_file_uses_it(server, cache, entry):
     assert server.requests == []
 
 
+def test_bad_file_saved_in_the_cache_is_replaced_online_and_reported_offline(server, cache, entry):
+    cache.mkdir()
+    (cache / f"{ENTRY_NAME}.pkl").write_bytes(HTML)
+    with pytest.raises(DownloadError, match="cached file is unusable: an HTML/XML page"):
+        fetch(entry, offline=True, cache_dir=cache, base_url=server.base_url, **FAST)
+    assert fetch(entry, cache_dir=cache, base_url=server.base_url, **FAST).read_bytes() == PAYLOAD
+    assert cache_contents(cache) == [f"{ENTRY_NAME}.pkl"]
+
+
 def test_reader_verdict_rejects_the_download(server, cache, entry, monkeypatch):
     """With ``deep_check`` the weight reader (detconvert.io.weights.load_weights) has the last word."""
 

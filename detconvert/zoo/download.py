@@ -301,11 +301,15 @@ def fetch(
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cached_file(entry, cache)
-    if final.is_file():  # only verified files are ever renamed into place
+    # Only verified files are renamed into place, but a user may have saved one there by hand
+    # (the offline message suggests it): the cheap sniff catches a saved error page.
+    if final.is_file() and _sniff_file(final) is None:
         return final
     base = base_url or model_base_url()
     url = entry.url(base)
     if offline or _offline_from_env():
+        if final.is_file():
+            raise DownloadError(f"offline, and the cached file is unusable: {_sniff_file(final)}; delete it", final)
         raise DownloadError(
             f"offline and not in the cache: {final} is missing (run `detconvert zoo fetch {entry.name}` "
             f"where the network is reachable, or save {url} there)",
@@ -313,8 +317,10 @@ def fetch(
         )
     cache.mkdir(parents=True, exist_ok=True)
     with _entry_lock(cache, entry):
-        if final.is_file():  # another process finished it while we waited for the lock
-            return final
+        if final.is_file():
+            if _sniff_file(final) is None:  # another process finished it while we waited for the lock
+                return final
+            final.unlink()  # a bad file saved by hand: replace it
         # A fixed temp name, only touched under the lock; a leftover from a killed run is resumed.
         part = cache / f".{entry.file_name}.part"
         show = sys.stderr.isatty() if progress is None else progress
