@@ -162,7 +162,7 @@ def cache_contents(cache: Path) -> List[str]:
 
 def test_success_with_checksum(server, cache, entry):
     entry = dataclasses.replace(entry, sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD))
-    path = fetch(entry, cache_dir=cache, base_url=server.base_url, **FAST)
+    path = fetch(entry, cache_dir=cache, base_url=server.base_url, **{**FAST, "deep_check": True})
     assert path == cache / f"{ENTRY_NAME}.pkl"
     assert path.read_bytes() == PAYLOAD
     assert cache_contents(cache) == [f"{ENTRY_NAME}.pkl"]
@@ -203,6 +203,16 @@ def test_honestly_served_truncated_pickle_is_rejected(server, cache, entry):
     server.mode = "honest_truncated"
     with pytest.raises(DownloadError, match="truncated pickle"):
         fetch(entry, cache_dir=cache, base_url=server.base_url, **FAST)
+    assert cache_contents(cache) == []
+
+
+def test_truncated_pickle_ending_in_stop_byte_is_caught_by_the_reader(server, cache, entry):
+    """The cheap sniff only sees the last byte; the weight reader parses the whole pickle."""
+    pytest.importorskip("detconvert.io.weights", reason="the weight reader (detconvert.io.weights) is not in this build")
+    server.mode = "honest_truncated"
+    server.truncated = PAYLOAD[:-5000] + b"."
+    with pytest.raises(DownloadError, match="truncated"):
+        fetch(entry, cache_dir=cache, base_url=server.base_url, **{**FAST, "deep_check": True})
     assert cache_contents(cache) == []
 
 
