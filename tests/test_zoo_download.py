@@ -249,6 +249,26 @@ def test_dropped_connection_restarts_when_server_ignores_range(server, cache, en
     assert cache_contents(cache) == [f"{ENTRY_NAME}.pkl"]
 
 
+def test_leftover_of_a_killed_run_is_resumed(server, cache, entry):
+    cache.mkdir()
+    third = len(PAYLOAD) // 3
+    (cache / f".{ENTRY_NAME}.pkl.part").write_bytes(PAYLOAD[:third])  # what a SIGKILL leaves behind
+    assert fetch(entry, cache_dir=cache, base_url=server.base_url, **FAST).read_bytes() == PAYLOAD
+    assert [r for _, r in server.file_requests()] == [f"bytes={third}-"]
+    assert cache_contents(cache) == [f"{ENTRY_NAME}.pkl"]
+
+
+def test_interrupt_mid_download_leaves_nothing(server, cache, entry, monkeypatch):
+    def interrupted(url, part, timeout, on_progress):
+        part.write_bytes(PAYLOAD[:1000])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "_transfer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(entry, cache_dir=cache, base_url=server.base_url, **FAST)
+    assert cache_contents(cache) == []
+
+
 def test_concurrent_downloads_of_one_entry_download_once(server, cache, entry):
     server.mode = "slow"
     results, errors = [], []
@@ -351,3 +371,16 @@ def test_resolve_weights_rejects_unknown_names(tmp_path):
         resolve_weights(tmp_path / "missing.pkl")
     with pytest.raises(Exception, match="did you mean e2e_mask_rcnn_R-101-FPN_2x"):
         resolve_weights("e2e_mask_rcnn_R101-FPN_2x", offline=True)
+
+
+def test_local_mirror_folder_as_model_base(tmp_path, monkeypatch):
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    (mirror / "ImageNetPretrained" / "MSRA").mkdir(parents=True)
+    (mirror / "ImageNetPretrained" / "MSRA" / "R-50.pkl").write_bytes(_imagenet_payload())
+    monkeypatch.setenv(download.ENV_MODEL_BASE, str(mirror))
+    catalogue = load_catalogue()
+    path = fetch(catalogue.get("R-50"), cache_dir=cache, **FAST)
+    assert path.read_bytes() == _imagenet_payload()
+    with pytest.raises(DownloadError, match="not found in the local mirror"):
+        fetch(catalogue.get("R-101"), cache_dir=cache, **FAST)
+    assert cache_contents(cache) == ["R-50.pkl"]
