@@ -63,14 +63,9 @@ def load_predictor(args: argparse.Namespace) -> Any:
     """``detconvert.load_model`` from parsed model arguments."""
     if not args.weights:
         raise DetconvertError("no weights given: pass --load_detectron PKL, --load_ckpt FILE or --wts FILE")
-    try:
-        from detconvert.model import load_model
-    except ModuleNotFoundError as exc:
-        if exc.name == "detconvert.model":
-            raise DetconvertError("model loading is not available in this build (detconvert.model missing)")
-        raise
     from detconvert.datasets import get_class_table
 
+    overrides = override_pairs(args.set_cfgs)
     dataset = None
     if args.dataset:
         get_class_table(args.dataset)  # fail early on a bad --dataset, before loading weights
@@ -78,8 +73,13 @@ def load_predictor(args: argparse.Namespace) -> Any:
         # renames classes here and is checked against the model's class count afterwards.
         if args.dataset.lower().startswith(("coco", "keypoints_coco", "voc")):
             dataset = args.dataset
-    return load_model(args.weights, args.cfg, dataset=dataset, device=args.device,
-                      overrides=override_pairs(args.set_cfgs))
+    try:
+        from detconvert.model import load_model
+    except ModuleNotFoundError as exc:
+        if exc.name == "detconvert.model":
+            raise DetconvertError("model loading is not available in this build (detconvert.model missing)")
+        raise
+    return load_model(args.weights, args.cfg, dataset=dataset, device=args.device, overrides=overrides)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
