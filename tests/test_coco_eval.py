@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,8 +35,6 @@ from detconvert.structures import Detections
 REPO = Path(__file__).resolve().parent.parent
 H, W = 80, 100
 PERSON, DOG = 1, 18  # COCO category ids
-
-warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
 
 
 def _rect_mask(x1, y1, x2, y2):

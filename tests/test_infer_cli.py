@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,8 +24,6 @@ from tests._shared import REFERENCE, config_yaml_path, load_json, requires_share
 
 REPO = Path(__file__).resolve().parent.parent
 INFER_SIMPLE = REPO / "tools" / "infer_simple.py"
-
-warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
 
 
 def _detections(image: np.ndarray):
@@ -250,8 +247,9 @@ def test_golden_end_to_end(config_id, with_cfg, weights_factory, tmp_path):
     shutil.copy(REFERENCE / "images" / "coffee.png", image_dir / "coffee.png")
     out_dir = tmp_path / "out"
     thresh = 0.35 if config_id == MASK_ID else 0.7  # mask golden scores are 0.264-0.407
+    dataset = "coco" if config_id == MASK_ID else "keypoints_coco"  # as Detectron.pytorch users pass it
     argv = ["--load_detectron", weights, "--image_dir", image_dir, "--output_dir", out_dir, "--device", "cpu",
-            "--thresh", thresh]
+            "--thresh", thresh, "--dataset", dataset]
     if with_cfg:
         argv += ["--cfg", config_yaml_path(config_id)]
     rc, out, err = _run_shim(*argv, timeout=600)
