@@ -4,11 +4,16 @@ Detectron's greedy NMS differs from torchvision's in three places, all reproduce
 
 * **+1 widths**: overlaps use ``x2 - x1 + 1``. torchvision uses ``x2 - x1``, so the boxes are handed
   to it with ``x2 + 1, y2 + 1``.
-* **``>=`` suppression**: Detectron suppresses when ``ovr >= thresh``; torchvision when ``ovr > thresh``.
-  The float32 overlap ``ovr >= t`` exactly when ``ovr > t'``, ``t'`` the largest float32 below ``t``.
+* **``>=`` suppression**: Detectron suppresses when ``ovr >= thresh`` with ``thresh`` a float32
+  (``cython_nms.nms`` declares it ``np.float32_t``); torchvision when ``ovr > thresh``. For float32
+  overlaps ``ovr >= float32(t)`` exactly when ``ovr > t'``, ``t'`` the float32 just below ``float32(t)``.
 * **Tie-break**: Detectron visits boxes in ``scores.argsort()[::-1]`` order, so among equal scores the
-  **highest index** comes first. torchvision's (stable) descending sort puts the lowest index first,
-  so the input is reversed before calling it and the indices mapped back.
+  **highest index** comes first (and survives when they overlap). torchvision's (stable) descending
+  sort puts the lowest index first, so the input is reversed before calling it and the indices mapped
+  back.
+* **Output order**: Detectron returns ``np.where(suppressed == 0)[0]``, the kept indices in
+  **ascending index order** (not by score); callers that pre-sort by score (proposal generation) get
+  score order, callers that do not (per-class NMS) keep their RoI order.
 
 Soft-NMS is Detectron's Cython ``soft_nms`` (sequential by nature), on NumPy.
 """
@@ -25,15 +30,12 @@ __all__ = ["nms", "batched_nms", "soft_nms", "suppression_threshold"]
 
 
 def suppression_threshold(thresh: float) -> float:
-    """The strict torchvision threshold equivalent to Detectron's ``ovr >= thresh`` on float32 overlaps.
+    """The strict torchvision threshold equivalent to Detectron's float32 ``ovr >= float32(thresh)``.
 
-    Returns the largest float32 value strictly below ``thresh`` (exactly representable as a double,
+    Returns the largest float32 strictly below ``float32(thresh)`` (exactly representable as a double,
     so the CPU kernel's double comparison and the CUDA kernel's float comparison agree).
     """
-    t32 = np.float32(thresh)
-    if float(t32) >= thresh:
-        t32 = np.nextafter(t32, np.float32(-np.inf))
-    return float(t32)
+    return float(np.nextafter(np.float32(thresh), np.float32(-np.inf)))
 
 
 def nms(boxes: Tensor, scores: Tensor, thresh: float) -> Tensor:
@@ -45,8 +47,9 @@ def nms(boxes: Tensor, scores: Tensor, thresh: float) -> Tensor:
         thresh: overlap threshold; a box is suppressed when its IoU with a kept box is ``>= thresh``.
 
     Returns:
-        int64 ``[K]`` indices of the kept boxes, by descending score; among equal scores the higher
-        index first (``argsort()[::-1]`` order), exactly as Detectron returns them.
+        int64 ``[K]`` indices of the kept boxes in ascending order, as Detectron returns them. Boxes are
+        visited by descending score with equal scores from the highest index down, so of two equal-score
+        boxes that overlap the one with the higher index is kept.
     """
     n = boxes.shape[0]
     if n == 0:
@@ -56,7 +59,7 @@ def nms(boxes: Tensor, scores: Tensor, thresh: float) -> Tensor:
     rev_boxes = boxes.flip(0)
     plus_one = torch.cat([rev_boxes[:, :2], rev_boxes[:, 2:] + 1], dim=1)
     keep_rev = torchvision.ops.nms(plus_one, scores.flip(0), suppression_threshold(thresh))
-    return (n - 1) - keep_rev
+    return torch.sort((n - 1) - keep_rev).values
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, thresh: float) -> Tensor:
@@ -72,7 +75,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, thresh: float) ->
         thresh: overlap threshold (``>=`` suppresses).
 
     Returns:
-        int64 indices of kept boxes, grouped by ascending group id, each group by descending score.
+        int64 indices of kept boxes, grouped by ascending group id, each group in ascending index order.
     """
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
