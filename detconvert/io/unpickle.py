@@ -172,6 +172,13 @@ def _ordered_dict(unp: "RestrictedUnpickler", args: tuple) -> Dict[Any, Any]:
     return collections.OrderedDict(*args)
 
 
+def _empty_bytes(unp: "RestrictedUnpickler", args: tuple) -> bytes:
+    # Python 3 pickles b'' under protocols 0-2 as bytes() (the data of a zero-size array).
+    if args:
+        raise unp.corrupt("bytes() called with arguments")
+    return b""
+
+
 def _numpy_globals() -> Dict[str, _Handler]:
     table = {}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -189,6 +196,8 @@ ALLOWED_GLOBALS: Dict[str, _Handler] = {
     "numpy.ndarray": _Handler("numpy.ndarray", None),  # only as _reconstruct's first argument
     "_codecs.encode": _Handler("_codecs.encode", _codecs_encode),
     "collections.OrderedDict": _Handler("collections.OrderedDict", _ordered_dict),
+    "builtins.bytes": _Handler("builtins.bytes", _empty_bytes),
+    "__builtin__.bytes": _Handler("__builtin__.bytes", _empty_bytes),  # protocol < 3 spelling
 }
 
 
