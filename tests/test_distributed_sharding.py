@@ -6,6 +6,7 @@ Every multi-process run is bounded by ``timeout_s`` (collectives and the parent'
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -154,8 +155,6 @@ def test_under_torchrun_with_two_processes(tmp_path):
                "--master-addr", "127.0.0.1", "--master-port", str(D.find_free_port()), str(script)]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
     got = json.loads(done.stdout.strip().splitlines()[-1])
     net = build_tiny_net(D.WorkerContext(0, 1, 0, torch.device("cpu")))
     want = [[r["id"], r["argmax"]] for r in (detect_like(net, it) for it in _items(5))]

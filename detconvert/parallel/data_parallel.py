@@ -117,6 +117,7 @@ class DataParallel(nn.Module):
         return scatter_split(inputs, kwargs, self.devices, self.dim, self.cpu_keywords)
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Scatter, run each non-empty chunk on its device, gather (see the class docs)."""
         if not self.devices and not self.minibatch:
             return self.module(*inputs, **kwargs)
         chunks = self.scatter(inputs, kwargs)

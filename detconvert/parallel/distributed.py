@@ -182,7 +182,7 @@ def _spawned_worker(
 
 def _require_picklable(obj: Any, what: str) -> None:
     try:
-        pickle.dumps(obj)
+        pickle.dumps(obj)  # serialising only: spawn pickles fn/init_fn the same way; nothing is loaded
     except Exception as exc:  # lambdas, closures, local functions
         raise TypeError(
             f"{what} must be a module-level function (spawned processes import it by name): {exc}"
