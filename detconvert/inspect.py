@@ -37,7 +37,7 @@ STRIDE_1X1_NOTE = (
 class Architecture:
     """The network a set of Detectron blobs describes (None where the blobs do not say)."""
 
-    kind: str  # "detector", "rpn_only", "backbone_only", "unknown"
+    kind: str  # "detector", "rpn_only", "backbone_only", "partial", "unknown"
     conv_body: Optional[str] = None  # Detectron's CONV_BODY, e.g. "FPN.add_fpn_ResNet50_conv5_body"
     depth: Optional[int] = None  # 50, 101, 152
     block_counts: Optional[Tuple[int, ...]] = None  # blocks of res2..res5 found
@@ -274,8 +274,10 @@ def read_architecture(blobs: Mapping[str, np.ndarray]) -> Architecture:
             f["conv_body"] = f"ResNet.add_ResNet{f['depth']}_conv4_body"
         else:
             f["conv_body"] = f"ResNet.add_ResNet{f['depth']}_conv5_body"
-    if f.get("retinanet") or f.get("box_head") or cls_score is not None:
+    if f.get("retinanet") or f.get("box_head"):
         kind = "detector"
+    elif cls_score is not None:
+        kind = "partial"  # output layers without a recognisable box head (a truncated inventory)
     elif f.get("rpn"):
         kind = "rpn_only"
     elif has_body:
@@ -367,6 +369,8 @@ def _usable_for(arch: Architecture, flavour: str) -> str:
         return "ImageNet backbone only: use as initialisation, not with --load_detectron"
     if arch.kind == "rpn_only":
         return "RPN proposals only (no box head): generate proposals, or initialise a detector's body and RPN"
+    if arch.kind == "partial":
+        return "an incomplete network (output layers without a recognisable box head): not enough to build a detector"
     if arch.kind == "detector":
         return "a complete detector: run inference, evaluate, convert, or fine-tune (--load_detectron)"
     return "no Detectron architecture recognised in these blobs"
