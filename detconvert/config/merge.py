@@ -109,7 +109,7 @@ def coerce_value(value: Any, default: Any, full_key: str, source: Optional[str])
     if isinstance(value, list) and isinstance(default, tuple):
         return tuple(value)
     raise ConfigError(
-        f"key {full_key}: wrong type: expected {_type_name(default)} (default {default!r}), "
+        f"key {full_key}: wrong type: expected {_type_name(default)} (like {default!r}), "
         f"given {_type_name(value)} {value!r}",
         source,
     )
