@@ -28,6 +28,8 @@ def atomic_write(path: PathLike, mode: str = "wb", force: bool = True) -> Iterat
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     try:
+        # mkstemp creates 0600; give the final file the permissions a plain open() would (0666 minus umask).
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -37,3 +39,9 @@ def atomic_write(path: PathLike, mode: str = "wb", force: bool = True) -> Iterat
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
