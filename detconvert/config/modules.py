@@ -108,7 +108,8 @@ def resolve_module(option: str, name: str) -> Tuple[str, str, List[Tuple[str, st
     if current in NAME_COMPAT:
         steps.append(("alias", current, NAME_COMPAT[current], "old function name; Detectron's modeling/name_compat.py renames it"))
         current = NAME_COMPAT[current]
-    if current not in MODULE_OPTIONS[option]:
+    already_translated = current not in MODULE_OPTIONS[option]
+    if already_translated:
         canonical = _BY_TRANSLATED[option].get(current)
         if canonical is None:
             # Detectron.pytorch spelling of a name_compat entry (e.g. head_builder.roi_2mlp_head)
@@ -121,7 +122,7 @@ def resolve_module(option: str, name: str) -> Tuple[str, str, List[Tuple[str, st
             raise KeyError(current)
         current = canonical
     translated = strip_add(current)
-    if translated != current:
+    if translated != current and not (already_translated and not steps):
         steps.append(("prefix", current, translated, "'add_' stripped from the function name (the translated spelling)"))
     return current, translated, steps
 
