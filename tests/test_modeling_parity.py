@@ -17,7 +17,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from detconvert.io.unpickle import restricted_load
+from detconvert.io.weights import load_weights
 from detconvert.modeling.detector import DetectronModel, build_model
 from detconvert.modeling.loading import load_detectron_blobs
 from tests._modeling_specs import spec_for
@@ -54,9 +54,8 @@ class Golden:
         contents = json.loads((out / "contents.json").read_text())
         self.spec = spec_for(config_id)
         self.model: DetectronModel = build_model(self.spec)
-        with open(weights_path, "rb") as f:
-            container = restricted_load(f, weights_path)
-        self.report = load_detectron_blobs(self.model, container["blobs"], source=weights_path)
+        weights = load_weights(weights_path)
+        self.report = load_detectron_blobs(self.model, weights.blobs, source=weights_path)
         data_blob = contents["data_blob"]
         unit = np.load(REFERENCE / "unit" / f"{data_blob['unit_case']}.npz")["data"]
         h, w = data_blob["shape"][2:]
@@ -96,17 +95,23 @@ class Golden:
 _CACHE: Dict[str, Golden] = {}
 
 
-@pytest.fixture(scope="module", params=GOLDENS)
+@pytest.fixture(scope="module")
 def golden(request, weights_factory) -> Golden:
-    # One golden at a time in memory: the parametrised module fixture is torn down between ids.
+    """Parametrised indirectly with a config id; pytest reorders tests so each golden is built once."""
     return Golden(request.param, weights_factory(request.param))
 
 
+def goldens(*ids: str):
+    return pytest.mark.parametrize("golden", ids, indirect=True)
+
+
+@goldens(*GOLDENS)
 def test_weights_fill_every_tensor(golden: Golden):
     assert len(golden.report.loaded) == len(golden.model.blob_table())
     assert golden.report.unexpected == []
 
 
+@goldens(*GOLDENS)
 def test_backbone_and_fpn_features(golden: Golden):
     fs = golden.features_sample
     names = [k[: -len("__first8")] for k in fs.files if k.endswith("__first8")]
@@ -122,9 +127,8 @@ def test_backbone_and_fpn_features(golden: Golden):
         assert_close(f"{name} chan_std", flat.std(1, unbiased=False), fs[f"{name}__chan_std"], scale)
 
 
+@goldens(MASK_FPN, MASK_C4, KPS_FPN, RPN_FPN)
 def test_rpn_head_outputs(golden: Golden):
-    if golden.model.rpn_head is None:
-        pytest.skip(f"{golden.id} has no RPN (RetinaNet)")
     with torch.inference_mode():
         logits, deltas = golden.model.rpn_head(golden.model.pyramid(golden.feats))
     if golden.spec.fpn is None:
@@ -136,9 +140,8 @@ def test_rpn_head_outputs(golden: Golden):
         assert_close(f"rpn_bbox_pred_fpn{lvl}", dl, golden.blobs[f"rpn_bbox_pred_fpn{lvl}"])
 
 
+@goldens(MASK_FPN, MASK_C4, KPS_FPN)
 def test_box_head_outputs(golden: Golden):
-    if golden.model.box_head is None:
-        pytest.skip(f"{golden.id} has no box head")
     x = golden.spec.box_head.roi_xform
     rows = np.arange(C4_ROWS) if golden.spec.fpn is None else None
     with torch.inference_mode():
@@ -150,9 +153,8 @@ def test_box_head_outputs(golden: Golden):
     assert_close("bbox_pred", bbox_pred, golden.blobs["bbox_pred"][sl])
 
 
+@goldens(MASK_FPN, MASK_C4)
 def test_mask_head_probabilities(golden: Golden):
-    if golden.model.mask_head is None:
-        pytest.skip(f"{golden.id} has no mask head")
     x = golden.spec.mask_head.roi_xform
     n = len(golden.blobs["mask_channel_index"])
     rows = np.arange(min(n, C4_ROWS)) if golden.spec.fpn is None else np.arange(n)
@@ -163,9 +165,8 @@ def test_mask_head_probabilities(golden: Golden):
     assert_close("mask_fcn_probs_own", own, golden.blobs["mask_fcn_probs_own"][rows])
 
 
+@goldens(KPS_FPN)
 def test_keypoint_heatmaps(golden: Golden):
-    if golden.model.keypoint_head is None:
-        pytest.skip(f"{golden.id} has no keypoint head")
     x = golden.spec.keypoint_head.roi_xform
     rows = np.arange(25)
     with torch.inference_mode():
@@ -176,9 +177,8 @@ def test_keypoint_heatmaps(golden: Golden):
     assert_close("kps_score_first25", heatmaps, golden.blobs["kps_score_first25"])
 
 
+@goldens(RETINA)
 def test_retinanet_head_outputs(golden: Golden):
-    if golden.model.retinanet_head is None:
-        pytest.skip(f"{golden.id} is not RetinaNet")
     head = golden.model.retinanet_head
     with torch.inference_mode():
         cls_logits, deltas = head(golden.model.pyramid(golden.feats))

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detconvert.errors import ConfigError
 from detconvert.modeling.layers import ConvNorm, conv, linear
 from detconvert.modeling.resnet import ResStage, make_stage
 from detconvert.spec import BoxHeadSpec, ResNetSpec
@@ -113,7 +114,7 @@ def build_box_head(spec: BoxHeadSpec, in_channels: int, body: ResNetSpec) -> nn.
         return ConvFCBoxHead(spec, in_channels, body, use_gn=True)
     if spec.kind == "ResNet_roi_conv5_head":
         return ResNetConv5BoxHead(spec, in_channels, body)
-    raise ValueError(f"unknown box head {spec.kind!r}")
+    raise ConfigError(f"FAST_RCNN.ROI_BOX_HEAD: unknown box head {spec.kind!r}")
 
 
 def _gn(body: ResNetSpec):

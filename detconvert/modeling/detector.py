@@ -99,7 +99,7 @@ def build_model(spec: ArchSpec) -> DetectronModel:
     """Build the network described by ``spec`` (in eval mode, default-initialised; load weights next).
 
     Raises:
-        ValueError: a spec combination Detectron itself cannot build (e.g. v0upshare without the
+        ConfigError: a spec combination Detectron itself cannot build (e.g. v0upshare without the
             conv5 box head).
     """
     return DetectronModel(spec)

@@ -137,6 +137,7 @@ def load_detectron_blobs(
     available = set(blobs)
     report = LoadReport(source=src)
     missing: List[Tuple[str, str]] = []
+    wrong_shapes: List[str] = []
     plan: List[Tuple[torch.Tensor, np.ndarray]] = []
     for tname, blob in table.items():
         key, fell_back = lookup_name(blob, available)
@@ -148,13 +149,18 @@ def load_detectron_blobs(
             raise MappingError(f"blob {key} (for {_module_of(tname)}) is a {type(arr).__name__}, not an array", src)
         tensor = tensors[tname]
         if tuple(arr.shape) != tuple(tensor.shape):
-            raise MappingError(_shape_message(tname, key, tuple(arr.shape), tuple(tensor.shape)), src)
+            wrong_shapes.append(_shape_message(tname, key, tuple(arr.shape), tuple(tensor.shape)))
+            continue
         if fell_back:
             report.fallbacks[blob] = key
         report.loaded[tname] = key
         plan.append((tensor, arr))
+    # Missing blobs first: they usually mean another architecture, which also explains bad shapes.
     if missing:
         raise MappingError(_missing_message(model, missing, available), src)
+    if wrong_shapes:
+        more = f" (and {len(wrong_shapes) - 1} more shape mismatches)" if len(wrong_shapes) > 1 else ""
+        raise MappingError(wrong_shapes[0] + more, src)
 
     with torch.no_grad(), warnings.catch_warnings():
         # Arrays from the restricted unpickler may be read-only views: we only read them.

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from detconvert.errors import ConfigError
 from detconvert.modeling.layers import ConvNorm, FixedBilinearUpsample, conv, conv_transpose, linear
 from detconvert.modeling.mapping import declare_blob
 from detconvert.modeling.resnet import ResStage
@@ -63,9 +64,9 @@ class MaskHead(nn.Module):
         stride_init = spec.roi_xform.resolution // 7
         if kind == "mask_rcnn_fcn_head_v0upshare":
             if shared_res5 is None:
-                raise ValueError("v0upshare needs the box head's res5 stage (ResNet_roi_conv5_head)")
+                raise ConfigError("MRCNN.ROI_MASK_HEAD: v0upshare needs the box head's res5 stage (ResNet_roi_conv5_head)")
             if shared_res5.dilation != spec.dilation or _first_stride(shared_res5) != _expected_stride(spec):
-                raise ValueError("v0upshare: MRCNN and FAST_RCNN res5 settings differ; the stage cannot be shared")
+                raise ConfigError("MRCNN.ROI_MASK_HEAD: v0upshare: MRCNN and FAST_RCNN res5 settings differ; the stage cannot be shared")
             self._shared_res5 = (shared_res5,)
             dim = shared_res5.dim_out
         elif kind == "mask_rcnn_fcn_head_v0up":
