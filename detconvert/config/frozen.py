@@ -48,6 +48,18 @@ class FrozenCfg(Mapping):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal trees: same keys, leaves equal with the same types (arrays by value)."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        from detconvert.config.defaults import values_equal
+
+        mine = self.to_dict()
+        theirs = other.to_dict() if isinstance(other, FrozenCfg) else dict(other)
+        return values_equal(mine, theirs)
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return f"FrozenCfg({self.to_dict()!r})"
 
