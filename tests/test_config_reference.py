@@ -121,3 +121,13 @@ def test_bundle_is_fresh():
     assert len(texts) == 87
     on_disk = {str(p.relative_to(BUNDLE_DIR)): p.read_text() for p in BUNDLE_DIR.glob("*/*.yaml")}
     assert on_disk == texts
+
+
+@requires_shared
+def test_model_final_pkl_source_gives_the_same_spec(weights_factory):
+    """A 2018-style model_final.pkl: its embedded cfg gives the YAML's spec; its cls_score agrees."""
+    config_id = "12_2017_baselines__e2e_mask_rcnn_R-50-FPN_1x"
+    pkl = weights_factory(config_id, "--py2-style")
+    from_pkl = translate_config(pkl)
+    assert build_spec(from_pkl.cfg) == build_spec(_yaml_translation(config_id).cfg)
+    assert "cls_score_w has 81 rows" in from_pkl.num_classes_source
