@@ -232,3 +232,18 @@ def test_backbone_only_file_is_diagnosed_and_loads_into_body(c4_model):
         load_detectron_blobs(c4_model, body_blobs)
     report = load_detectron_blobs(c4_model.body, body_blobs)
     assert len(report.loaded) == len(named_tensors(c4_model.body)) and not report.unexpected
+
+
+def test_retinanet_softmax_is_a_distribution_per_anchor_group():
+    from detconvert.modeling.retinanet import RetinaNetHead
+    from detconvert.spec import RetinaNetSpec
+
+    head = RetinaNetHead(RetinaNetSpec(num_convs=1, softmax=True), num_classes=3, in_channels=4, min_level=3)
+    assert head.cls_pred.out_channels == 9 * 3  # A * C, background included
+    logits = torch.randn(1, 27, 2, 2)
+    probs = head.probabilities(logits)
+    groups = probs.view(1, 9, 3, 2, 2)
+    assert torch.allclose(groups.sum(2), torch.ones(1, 9, 2, 2), atol=1e-6)
+    assert torch.allclose(groups[:, 4], torch.softmax(logits[:, 12:15], dim=1), atol=1e-6)
+    sigmoid_head = RetinaNetHead(RetinaNetSpec(num_convs=1), num_classes=3, in_channels=4, min_level=3)
+    assert sigmoid_head.cls_pred.out_channels == 9 * 2 and "retnet_cls_pred_fpn3_w" in blob_table(sigmoid_head).values()

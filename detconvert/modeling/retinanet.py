@@ -64,6 +64,9 @@ class RetinaNetHead(nn.Module):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """``retnet_cls_prob``: sigmoid, or with ``SOFTMAX`` a softmax over each anchor's C classes.
 
+        The softmax is Caffe2's ``GroupSpatialSoftmax(num_classes=C)`` (``add_fpn_retinanet_outputs``):
+        channels ``a * C .. a * C + C - 1`` of each position form one distribution.
+
         Output has the logits' layout ``[N, A * K, H, W]``.
         """
         if not self.spec.softmax:
