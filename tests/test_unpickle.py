@@ -138,3 +138,13 @@ def test_imagenet_style_file(weights_factory):
     assert wf.flavour == "detectron_imagenet" and wf.cfg is None and not wf.momentum
     assert "fc1000_w" in wf.blobs and all(n.startswith(("conv1", "res", "fc1000")) for n in wf.blobs)
     assert "fc1000_w" in wf.leftover_names(n for n in wf.blobs if not n.startswith("fc1000"))
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_streamed_utf8_payload_across_chunk_boundaries(monkeypatch, chunk):
+    import detconvert.io.unpickle as unpickle
+
+    monkeypatch.setattr(unpickle, "DECODE_CHUNK_BYTES", chunk)
+    array = np.random.default_rng(3).normal(size=LAZY_PAYLOAD_BYTES // 2).astype(np.float32)  # 2-byte chars cut
+    data = pickle.dumps({"w": array}, protocol=2)
+    np.testing.assert_array_equal(restricted_load(io.BytesIO(data), "c.pkl")["w"], array)

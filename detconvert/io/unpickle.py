@@ -37,7 +37,7 @@ from detconvert.errors import PathLike, UnsafePickleError, WeightFileError
 #: Payloads (str/bytes opcodes) at least this large are read lazily, straight into their array.
 LAZY_PAYLOAD_BYTES = 1 << 16
 #: Chunk size when converting a Python-3 UTF-8 payload back to raw bytes.
-DECODE_CHUNK_BYTES = 1 << 23
+DECODE_CHUNK_BYTES = 1 << 20
 #: Longest text line (protocol 0 opcodes) we accept.
 MAX_LINE_BYTES = 1 << 20
 #: Deepest container nesting we accept (Detectron files nest 2 levels).
@@ -325,28 +325,36 @@ class RestrictedUnpickler:
 
     def _fill_from_utf8(self, out: memoryview, payload: _Payload) -> None:
         # Python 3 wrote the raw bytes as the UTF-8 text of their latin1 decoding (up to 2 bytes each):
-        # decode in chunks so that no full-size temporary exists.
-        decoder = codecs.getincrementaldecoder("utf-8")()
+        # decode through one reused chunk buffer so that no full-size temporary exists. A multi-byte
+        # character cut at the chunk's end is carried to the front of the next chunk.
+        buffer = bytearray(DECODE_CHUNK_BYTES)
+        view = memoryview(buffer)
         here = self.file.tell()
         try:
             self.file.seek(payload.offset)
-            remaining, filled = payload.length, 0
+            remaining, filled, carry = payload.length, 0, 0
             while remaining:
-                chunk = self.file.read(min(DECODE_CHUNK_BYTES, remaining))
-                if not chunk:
+                n = self.file.readinto(view[carry : carry + min(len(buffer) - carry, remaining)])
+                if not n:
                     raise WeightFileError(TRUNCATED, self.source)
-                remaining -= len(chunk)
+                remaining -= n
+                total = carry + n
                 try:
-                    data = decoder.decode(chunk, final=not remaining).encode("latin1")
+                    text, used = codecs.utf_8_decode(view[:total], "strict", not remaining)
+                    data = text.encode("latin1")
                 except (UnicodeDecodeError, UnicodeEncodeError) as exc:
                     raise self.corrupt("array data is text, not latin1-encoded bytes") from exc
                 if filled + len(data) > len(out):
                     raise self.corrupt(f"array data is longer than its shape needs ({len(out)} bytes)")
                 out[filled : filled + len(data)] = data
                 filled += len(data)
+                carry = total - used
+                if carry:
+                    buffer[:carry] = buffer[used:total]
             if filled != len(out):
                 raise self.corrupt(f"array data has {filled} bytes, its shape needs {len(out)}")
         finally:
+            view.release()
             self.file.seek(here)
 
     def build_array(self, shape: Tuple[int, ...], dtype: np.dtype, fortran: bool, data: Any) -> np.ndarray:
