@@ -24,12 +24,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import yaml
 
-from detconvert.config.defaults import INFERRED_KEYS, default_cfg, flatten, values_equal
+from detconvert.config.defaults import _DEFAULT_TREE, INFERRED_KEYS, default_cfg, flatten, values_equal
 from detconvert.config.frozen import FrozenCfg
 from detconvert.config.infer import assert_and_infer_cfg
-from detconvert.config.merge import Change, merge_cfg, merge_from_list
+from detconvert.config.merge import Change, decode_value, merge_cfg, merge_from_list
 from detconvert.config.modules import MODEL_TYPES, resolve_model_type, resolve_module, valid_names
-from detconvert.errors import ConfigError, DetconvertError, PathLike
+from detconvert.errors import ConfigError, PathLike
 
 # Run-specific keys: not part of the network. Removed from the translated config, kept as hints.
 HINT_KEYS: Dict[str, str] = {
@@ -273,8 +273,6 @@ def read_source(source: Source, source_name: Optional[str] = None) -> Tuple[Dict
 
 def _pop_variant_keys(tree: Dict[str, Any], label: str, report: List[Change], hints: Dict[str, Any]) -> Dict[str, Any]:
     """Remove Detectron.pytorch keys from ``tree``; returns the Detectron keys they imply."""
-    from detconvert.config.defaults import _DEFAULT_TREE
-
     implied: Dict[str, Any] = {}
     for full_key, (action, reason) in VARIANT_KEYS.items():
         parts = full_key.split(".")
@@ -284,8 +282,6 @@ def _pop_variant_keys(tree: Dict[str, Any], label: str, report: List[Change], hi
         if not isinstance(node, dict) or parts[-1] not in node:
             continue
         value = node.pop(parts[-1])
-        from detconvert.config.merge import decode_value
-
         decoded = decode_value(value)
         if action == "gn":
             if decoded:
@@ -548,4 +544,4 @@ def translated_dump(translated: TranslatedConfig) -> str:
     return buffer.getvalue() + "\n"
 
 
-__all__ = ["TranslatedConfig", "translate_config", "read_source", "HINT_KEYS", "VARIANT_KEYS", "DetconvertError"]
+__all__ = ["TranslatedConfig", "translate_config", "read_source", "HINT_KEYS", "VARIANT_KEYS"]
