@@ -1,0 +1,294 @@
+"""``load_model`` / :class:`Predictor`: a Detectron weight file (or a converted checkpoint) ready to predict.
+
+::
+
+    import detconvert
+    predictor = detconvert.load_model("model_final.pkl")          # the embedded cfg decides the network
+    dets = predictor.predict(["coffee.png"])[0]                   # boxes, scores, classes, masks (RLE) ...
+
+Sources accepted by :func:`load_model`:
+
+* a Detectron ``model_final.pkl`` (its embedded cfg, or ``cfg=`` a Detectron YAML);
+* a checkpoint written by ``detconvert weights`` (safetensors or pth; its metadata holds the spec, the
+  class names and the cfg, so no YAML is needed);
+* a model-zoo name (fetched to the cache by :func:`detconvert.zoo.download.resolve_weights`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+
+from detconvert.errors import ConfigError, DetconvertError, MappingError, PathLike, WeightFileError
+from detconvert.io.weights import WeightFile, load_weights
+from detconvert.modeling.detector import DetectronModel, build_model
+from detconvert.modeling.loading import LoadReport, load_detectron_blobs
+from detconvert.spec import ArchSpec
+from detconvert.structures import Detections
+
+__all__ = ["Predictor", "load_model", "default_class_names", "CHECKPOINT_FORMAT", "METADATA_KEYS"]
+
+#: ``metadata["format"]`` of checkpoints written by ``detconvert weights``.
+CHECKPOINT_FORMAT = "detconvert"
+#: Metadata keys of a converted checkpoint (all values are strings; JSON where structured).
+METADATA_KEYS = ("format", "kind", "converter_version", "spec", "class_names", "conventions", "source_sha256",
+                 "source_name", "cfg")
+
+ImageLike = Union[np.ndarray, str, Path]
+
+
+def default_class_names(num_classes: int, dataset: Optional[str] = None) -> List[str]:
+    """Class names, index 0 ``__background__``.
+
+    ``dataset`` (``coco*``, ``keypoints_coco*``, ``voc*`` or a class-list file) wins; otherwise COCO's
+    names for 81 classes, background + person for 2, else ``class_1`` ...
+    """
+    from detconvert import datasets
+
+    if dataset:
+        return list(datasets.get_class_table(dataset).names)
+    if num_classes == 81:
+        return list(datasets.coco_table().names)
+    if num_classes == 2:
+        return list(datasets.keypoints_coco_table().names)
+    if num_classes == 21:
+        return list(datasets.voc_table().names)
+    return [datasets.BACKGROUND] + [f"class_{i}" for i in range(1, max(num_classes, 1))]
+
+
+def _pick_device(device: Optional[Union[str, torch.device]]) -> torch.device:
+    if device is None or str(device) == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DetconvertError(f"not a device name ({exc}); use cpu, cuda or cuda:N", "--device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DetconvertError("CUDA was asked for but no CUDA device is available", "--device")
+    return dev
+
+
+class Predictor:
+    """A loaded Detectron network plus Detectron's test path.
+
+    Attributes:
+        model: the :class:`~detconvert.modeling.detector.DetectronModel` (eval mode, on :attr:`device`).
+        spec: its :class:`~detconvert.spec.ArchSpec`.
+        class_names: index 0 ``__background__``.
+        device: where it runs.
+        load_report: what loading the weights did (None for converted checkpoints loaded by name).
+        source: the weight file.
+    """
+
+    def __init__(
+        self,
+        model: DetectronModel,
+        class_names: Sequence[str],
+        device: torch.device,
+        *,
+        load_report: Optional[LoadReport] = None,
+        source: Optional[Path] = None,
+    ):
+        self.model = model
+        self.spec: ArchSpec = model.spec
+        self.class_names = list(class_names)
+        self.device = device
+        self.load_report = load_report
+        self.source = source
+
+    @property
+    def needs_proposals(self) -> bool:
+        """True for precomputed-proposal models (``predict`` then needs ``proposals=``)."""
+        return self.spec.pipeline == "precomputed_proposals"
+
+    def predict(
+        self,
+        images: Union[ImageLike, Sequence[ImageLike]],
+        keep_blobs: bool = False,
+        *,
+        proposals: Optional[Sequence[np.ndarray]] = None,
+    ) -> List[Detections]:
+        """Detect on a batch of images (one forward pass for all of them).
+
+        Args:
+            images: BGR ``uint8`` ``H x W x 3`` arrays (as ``cv2.imread`` returns) and/or image paths;
+                a single array or path is a batch of one.
+            keep_blobs: put the intermediate blobs, named as Detectron names them, in each result's
+                ``extras`` (the blobs of the whole batch: column 0 of RoI blobs is the image index).
+            proposals: precomputed-proposal models only: one ``[R, 4]`` box array per image
+                (original-image pixels, best first).
+
+        Returns:
+            One :class:`~detconvert.structures.Detections` per image, in original-image pixels.
+
+        Raises:
+            DetconvertError: an unreadable image path, a non-BGR array, missing proposals.
+        """
+        from detconvert.pipeline import run_pipeline
+
+        if isinstance(images, (np.ndarray, str, Path)):
+            images = [images]
+        arrays = [self._as_image(im) for im in images]
+        if not arrays:
+            return []
+        if self.needs_proposals and (proposals is None or len(proposals) != len(arrays)):
+            raise DetconvertError(
+                "this model reads precomputed proposals (it has no RPN): pass proposals=[boxes per image]",
+                "predict",
+            )
+        out = run_pipeline(self.model, arrays, proposals=proposals, keep_blobs=keep_blobs, device=self.device)
+        if keep_blobs:
+            for d in out.detections:
+                d.extras = out.blobs
+        return out.detections
+
+    @staticmethod
+    def _as_image(image: ImageLike) -> np.ndarray:
+        if isinstance(image, (str, Path)):
+            array = cv2.imread(str(image), cv2.IMREAD_COLOR)
+            if array is None:
+                raise DetconvertError("not an image OpenCV can read", image)
+            return array
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise DetconvertError(f"expected an H x W x 3 BGR image, got shape {tuple(array.shape)}", "predict")
+        if array.dtype != np.uint8:
+            raise DetconvertError(f"expected a uint8 BGR image (cv2.imread), got {array.dtype}", "predict")
+        return array
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.spec.conv_body_name or self.spec.meta_arch}, pipeline={self.spec.pipeline}, "
+                f"classes={self.spec.num_classes}, device={self.device})")
+
+
+def is_converted_checkpoint(wf: WeightFile) -> bool:
+    """True for files written by ``detconvert weights`` (metadata ``format == "detconvert"``)."""
+    return wf.flavour in ("safetensors", "torch") and wf.metadata.get("format") == CHECKPOINT_FORMAT
+
+
+def spec_from_cfg(
+    cfg_source: Any,
+    *,
+    dataset: Optional[str] = None,
+    weights: Any = None,
+    overrides: Sequence[Tuple[str, Any]] = (),
+    source_name: Optional[str] = None,
+) -> ArchSpec:
+    """Translate a Detectron config (path, text or embedded dict) and build its :class:`ArchSpec`."""
+    from detconvert.config import build_spec, translate_config
+
+    translated = translate_config(cfg_source, dataset=dataset, weights_cfg_or_blobs=weights,
+                                  overrides=list(overrides), source_name=source_name)
+    return build_spec(translated.cfg)
+
+
+def _detector_spec(wf: WeightFile, cfg: Optional[PathLike], dataset, overrides) -> ArchSpec:
+    if cfg is not None:
+        return spec_from_cfg(cfg, dataset=dataset, weights=wf, overrides=overrides)
+    if wf.cfg is None:
+        why = f" ({wf.cfg_error})" if wf.cfg_error else ""
+        raise ConfigError(f"the weight file has no usable embedded cfg{why}; pass the Detectron YAML with --cfg",
+                          wf.path)
+    return spec_from_cfg(wf.cfg, dataset=dataset, weights=wf, overrides=overrides, source_name=f"{wf.path} (embedded cfg)")
+
+
+def _checkpoint_spec(wf: WeightFile, cfg, dataset, overrides) -> ArchSpec:
+    meta = wf.metadata
+    if meta.get("kind") == "backbone":
+        raise WeightFileError("a backbone-only checkpoint (converted ImageNet weights) has no detection heads; "
+                              "use it to initialise a model's body", wf.path)
+    if cfg is None and not overrides and not dataset:
+        return ArchSpec.from_dict(json.loads(meta["spec"]))
+    source = cfg if cfg is not None else meta.get("cfg")
+    if not source:
+        raise ConfigError("the checkpoint stores no cfg to apply overrides to; pass --cfg", wf.path)
+    if cfg is None:  # the stored cfg plus the overrides it was converted with, then the new ones
+        overrides = [tuple(pair) for pair in json.loads(meta.get("overrides", "[]"))] + list(overrides)
+        dataset = dataset or meta.get("dataset")
+    return spec_from_cfg(source, dataset=dataset, overrides=overrides,
+                         source_name=str(cfg) if cfg is not None else f"{wf.path} (stored cfg)")
+
+
+def build_from_weights(
+    wf: WeightFile,
+    cfg: Optional[PathLike] = None,
+    *,
+    dataset: Optional[str] = None,
+    overrides: Sequence[Tuple[str, Any]] = (),
+) -> Tuple[DetectronModel, Optional[LoadReport], List[str]]:
+    """The model described by ``wf`` (+ ``cfg``), weights loaded, on the CPU.
+
+    Returns:
+        ``(model, load report or None for converted checkpoints, class names)``.
+    """
+    if wf.flavour == "detectron_imagenet":
+        raise WeightFileError(
+            "an ImageNet backbone file has no detection heads; convert it with 'detconvert weights' to "
+            "initialise a model's body", wf.path)
+    if is_converted_checkpoint(wf):
+        spec = _checkpoint_spec(wf, cfg, dataset, overrides)
+        model = build_model(spec)
+        state = {k: torch.from_numpy(v) for k, v in wf.blobs.items()}
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise MappingError(
+                f"checkpoint does not fit the network: {len(result.missing_keys)} tensors missing "
+                f"({', '.join(result.missing_keys[:3])}), {len(result.unexpected_keys)} unexpected "
+                f"({', '.join(result.unexpected_keys[:3])})", wf.path)
+        names = json.loads(wf.metadata["class_names"]) if "class_names" in wf.metadata else None
+        if dataset or not names or len(names) != spec.num_classes:
+            names = default_class_names(spec.num_classes, dataset)
+        return model, None, names
+    if wf.flavour != "detectron_detector":
+        raise WeightFileError(
+            f"a {wf.flavour} file that detconvert did not write: load_model reads Detectron model_final.pkl "
+            "files and 'detconvert weights' checkpoints", wf.path)
+    spec = _detector_spec(wf, cfg, dataset, overrides)
+    model = build_model(spec)
+    report = load_detectron_blobs(model, wf.blobs, source=wf.path)
+    return model, report, default_class_names(spec.num_classes, dataset)
+
+
+def load_model(
+    weights: Union[PathLike, WeightFile],
+    cfg: Optional[PathLike] = None,
+    *,
+    dataset: Optional[str] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    overrides: Sequence[Tuple[str, Any]] = (),
+) -> Predictor:
+    """Load a Detectron network ready for :meth:`Predictor.predict`.
+
+    Args:
+        weights: ``model_final.pkl``, a ``detconvert weights`` checkpoint, a model-zoo name, or an
+            already read :class:`~detconvert.io.weights.WeightFile`.
+        cfg: a Detectron YAML; default: the cfg embedded in the weights (or stored in the checkpoint).
+        dataset: ``coco*`` / ``keypoints_coco*`` / ``voc*`` / a class-list file: decides
+            ``MODEL.NUM_CLASSES`` when the cfg does not and the class names.
+        device: ``cpu``, ``cuda``, ``cuda:N`` (default: CUDA when available).
+        overrides: ``(KEY, VALUE)`` config overrides (Detectron's ``--set``), e.g. ``[("TEST.SCALE", "600")]``.
+
+    Returns:
+        A :class:`Predictor`.
+
+    Raises:
+        DetconvertError: unreadable weights, a cfg that does not fit the weights (one line naming the
+            file and the mismatch), a bad device.
+    """
+    dev = _pick_device(device)
+    if isinstance(weights, WeightFile):
+        wf = weights
+    else:
+        path = Path(weights)
+        if not path.exists():
+            from detconvert.zoo.download import resolve_weights
+
+            path = resolve_weights(str(weights))
+        wf = load_weights(path)
+    model, report, names = build_from_weights(wf, cfg, dataset=dataset, overrides=overrides)
+    model.to(dev).eval()
+    return Predictor(model, names, dev, load_report=report, source=wf.path)
