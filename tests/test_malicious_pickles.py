@@ -82,7 +82,9 @@ def test_payload_is_refused_and_never_runs(name, tmp_path):
     control = tmp_path / "control"
     data, _ = payloads(control)[name]
     with contextlib.suppress(Exception):
-        pickle.loads(data)  # Python's own unpickler runs it: the payload is live
+        result = pickle.loads(data)  # Python's own unpickler runs it: the payload is live
+        if isinstance(result, subprocess.Popen):
+            result.wait()  # the control's child process must finish before we look for its marker
     assert control.exists(), f"control: payload {name!r} did not run under pickle.loads"
 
     marker = tmp_path / "marker"
