@@ -117,3 +117,15 @@ def test_persistent_ids_and_extension_codes_are_refused(tmp_path):
     path.write_bytes(b"\x80\x02\x82\x01.")  # EXT1: copyreg extension registry
     with pytest.raises(UnsafePickleError, match="copyreg extension #1"):
         load_weights(path)
+
+
+def test_payload_inside_a_torch_checkpoint_is_refused(tmp_path):
+    import torch
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "model_final.pkl"  # a torch zip named .pkl: routed to torch.load(weights_only=True)
+    torch.save({"w": torch.ones(3), "evil": Reduce(os.system, touch(marker))}, path)
+    with pytest.raises(UnsafePickleError) as info:
+        load_weights(path)
+    assert not marker.exists()
+    assert info.value.global_name == "posix.system"
