@@ -20,7 +20,6 @@ import torch
 
 from detconvert.errors import DetconvertError
 from detconvert.ops.boxes import bbox_overlaps as _bbox_overlaps_t
-from detconvert.ops.boxes import bbox_transform_inv as _bbox_transform_inv_t
 
 __all__ = [
     "CocoJsonDataset",
@@ -58,12 +57,28 @@ def bbox_overlaps(boxes: np.ndarray, query_boxes: np.ndarray) -> np.ndarray:
 
 
 def bbox_transform_inv(boxes: np.ndarray, gt_boxes: np.ndarray, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> np.ndarray:
-    """float32 regression targets (``utils/boxes.bbox_transform_inv``, ``data_utils.compute_targets``)."""
-    if len(boxes) == 0:
-        return np.zeros((0, 4), dtype=np.float32)
-    b = torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))
-    g = torch.from_numpy(np.ascontiguousarray(gt_boxes, dtype=np.float32))
-    return _bbox_transform_inv_t(b, g, weights).numpy().astype(np.float32, copy=False)
+    """float32 regression targets (``utils/boxes.bbox_transform_inv``, ``data_utils.compute_targets``).
+
+    Evaluated with NumPy in float32 in Detectron's operation order, so the targets are bit-identical to
+    Detectron's (torch's float32 ``log`` differs in the last ulp).
+    """
+    b = np.asarray(boxes, dtype=np.float32)
+    g = np.asarray(gt_boxes, dtype=np.float32)
+    one, half = np.float32(1.0), np.float32(0.5)
+    ex_w = b[:, 2] - b[:, 0] + one
+    ex_h = b[:, 3] - b[:, 1] + one
+    ex_cx = b[:, 0] + half * ex_w
+    ex_cy = b[:, 1] + half * ex_h
+    gt_w = g[:, 2] - g[:, 0] + one
+    gt_h = g[:, 3] - g[:, 1] + one
+    gt_cx = g[:, 0] + half * gt_w
+    gt_cy = g[:, 1] + half * gt_h
+    wx, wy, ww, wh = (np.float32(w) for w in weights)
+    targets = np.stack(
+        [wx * (gt_cx - ex_cx) / ex_w, wy * (gt_cy - ex_cy) / ex_h, ww * np.log(gt_w / ex_w), wh * np.log(gt_h / ex_h)],
+        axis=1,
+    )
+    return targets.astype(np.float32, copy=False).reshape(-1, 4)
 
 
 class CocoJsonDataset:
