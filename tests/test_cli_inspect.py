@@ -184,3 +184,14 @@ def test_demo_writes_reads_inspects_and_converts(tmp_path, capsys):
     # A second run is deterministic (seeded recipe).
     assert main(["demo", "--output-dir", str(out_dir)]) == 0
     assert source.read_bytes() == data
+
+
+def test_inspect_resolves_model_zoo_names_offline(tmp_path, monkeypatch, capsys):
+    """A zoo name reaches the catalogue: offline and uncached, the error names what is missing."""
+    from detconvert.cli import main
+
+    monkeypatch.setenv("DETCONVERT_CACHE", str(tmp_path / "cache"))
+    rc = main(["inspect", "--offline", "R-50"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "R-50" in err[0] and "offline" in err[0].lower()

@@ -384,10 +384,8 @@ def resolve_weights(name_or_path: Union[str, PathLike], offline: bool = False, *
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     is_config = path.suffix.lower() in (".yaml", ".yml")
-    if path.is_file() and not is_config:
-        return path
-    if path.is_dir():
-        raise WeightFileError("is a folder, not a weight file", path)
+    if path.exists() and not is_config:
+        return path  # a folder or an odd file is reported by the reader, in one place
     catalogue = load_catalogue()
     entry = catalogue.find(text)
     if entry is None:
