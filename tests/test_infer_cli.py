@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from detconvert import cli
+from detconvert import cli, vis
 from detconvert.coco import xywh_to_xyxy
 from detconvert.commands import infer as infer_command
 from detconvert.datasets import coco_table, keypoints_coco_table
@@ -229,7 +229,8 @@ def _assert_matches_golden(records, golden, table):
                                       "counts": mine[best]["segmentation"]["counts"].encode()})
                 gs = golden["cls_segms"][j][g]
                 b = mask_util.decode({"size": gs["size"], "counts": gs["counts"].encode()})
-                assert np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1) >= 0.999
+                union = np.logical_or(a, b).sum()
+                assert union == 0 or np.logical_and(a, b).sum() / union >= 0.999  # both empty: identical
             if golden.get("cls_keyps"):
                 xy = np.array(mine[best]["keypoints"], np.float64).reshape(-1, 3)[:, :2].T
                 np.testing.assert_allclose(xy, np.array(golden["cls_keyps"][j][g])[:2], atol=0.01)
@@ -269,6 +270,10 @@ def test_golden_end_to_end(config_id, with_cfg, weights_factory, tmp_path):
             x1, y1, x2, y2 = xywh_to_xyxy(r["bbox"])[0]
             # box (+2 px anti-aliasing), its label strip above, keypoint dots reaching 4 px outside
             drawn[max(int(y1) - 18, 0) : int(y2) + 5, max(int(x1) - 5, 0) : int(x2) + 5] = True
+            # the label strip starts at x1 and is as wide as its text, often wider than the box
+            label = vis.class_label(table.index_of_category(r["category_id"]), r["score"], table.names)
+            (text_w, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, vis.LABEL_FONT_SCALE, 1)
+            drawn[max(int(y1) - 18, 0) : int(y1) + 1, max(int(x1) - 1, 0) : int(x1) + text_w + 2] = True
     assert changed[drawn].sum() > 0
     assert changed[~drawn].sum() == 0, f"{changed[~drawn].sum()} pixels changed outside the detections"
 
