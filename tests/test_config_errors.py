@@ -9,6 +9,7 @@ import pytest
 from detconvert.cli import main
 from detconvert.config import DEFAULTS, build_spec, translate_config
 from detconvert.errors import ConfigError
+from tests._shared import REFERENCE, requires_shared
 
 BASE = """\
 MODEL:
@@ -185,3 +186,21 @@ def test_explain_and_json(tmp_path, capsys):
 
     data = json.loads(capsys.readouterr().out)
     assert data["num_classes"] == 81 and data["spec"]["pipeline"] == "e2e"
+
+
+@requires_shared
+def test_embedded_cfg_from_another_detectron_version_drops_unknown_keys():
+    """A model_final.pkl cfg carries every key of the Detectron that trained it: removed keys are reported, not fatal."""
+    from detconvert.io.cfg_yaml import load_detectron_cfg_text
+
+    cid = "12_2017_baselines__e2e_mask_rcnn_R-50-FPN_1x"
+    dump = load_detectron_cfg_text((REFERENCE / "cfg_dumps" / f"{cid}.yaml").read_text())
+    reference = translate_config(dump, source_name="model_final.pkl")
+    dump["MODEL"]["OLD_REMOVED_KEY"] = True
+    translated = translate_config(dump, source_name="model_final.pkl")
+    assert translated.to_yaml() == reference.to_yaml()
+    dropped = [c for c in translated.report if c.kind == "dropped"]
+    assert [c.key for c in dropped] == ["MODEL.OLD_REMOVED_KEY"]
+    # The same key in a user's YAML stays an error.
+    with pytest.raises(ConfigError, match="OLD_REMOVED_KEY"):
+        translate_config("MODEL:\n  OLD_REMOVED_KEY: True\n", source_name="user.yaml")

@@ -184,6 +184,7 @@ def merge_into(
     changes: Optional[List[Change]] = None,
     stack: Sequence[str] = (),
     root: Optional[Dict[str, Any]] = None,
+    drop_unknown: bool = False,
 ) -> List[Change]:
     """Merge ``other`` onto ``base`` in place, as Detectron's ``_merge_a_into_b`` does.
 
@@ -194,6 +195,10 @@ def merge_into(
         changes: list the report entries are appended to (deprecated keys, renames).
         stack: the section path (internal).
         root: the whole tree (internal: renamed keys may move to another section).
+        drop_unknown: report and skip unknown keys instead of failing. For embedded cfg dumps: a
+            ``model_final.pkl`` carries every key of the Detectron version that trained it, including
+            keys later removed, and Detectron itself never merges that cfg (it reads it for
+            BBOX_REG_WEIGHTS only), so such keys are history, not user error.
 
     Returns:
         The ``changes`` list.
@@ -216,20 +221,28 @@ def merge_into(
                 set_value(root, new_key, value, source)
                 changes.append(Change("renamed", full_key, raw, new_key, f"Detectron renamed it ({RENAMED_KEYS[full_key][1]})"))
                 continue
+            if drop_unknown:
+                changes.append(
+                    Change("dropped", full_key, raw, None, "not a key of Detectron's final release (an embedded cfg "
+                           "from another Detectron version); ignored")
+                )
+                continue
             raise unknown_key_error(full_key, source)
         value = coerce_value(decode_value(raw), base[key], full_key, source)
         if isinstance(value, Mapping):
             if not isinstance(base[key], dict):
                 raise ConfigError(f"key {full_key}: wrong type: expected {_type_name(base[key])}, given a section", source)
-            merge_into(base[key], value, source, changes, [*stack, key], root)
+            merge_into(base[key], value, source, changes, [*stack, key], root, drop_unknown)
         else:
             base[key] = value
     return changes
 
 
-def merge_cfg(base: Dict[str, Any], other: Mapping[str, Any], source: Optional[str] = None) -> List[Change]:
+def merge_cfg(
+    base: Dict[str, Any], other: Mapping[str, Any], source: Optional[str] = None, drop_unknown: bool = False
+) -> List[Change]:
     """Merge a whole config tree onto ``base`` (the root); see :func:`merge_into`."""
-    return merge_into(base, other, source)
+    return merge_into(base, other, source, drop_unknown=drop_unknown)
 
 
 def merge_from_list(base: Dict[str, Any], pairs: Sequence[Tuple[str, Any]], source: Optional[str] = "--set") -> List[Change]:

@@ -228,6 +228,14 @@ def _parse_yaml_text(text: str, label: str) -> Dict[str, Any]:
     return data
 
 
+def is_cfg_dump(tree: Mapping[str, Any]) -> bool:
+    """True for a whole-cfg dump (what ``model_final.pkl`` embeds), False for a user's YAML diff.
+
+    Detectron dumps every key; these top-level ones no user config needs to set.
+    """
+    return all(key in tree for key in ("ROOT_DIR", "PIXEL_MEANS", "EPS", "RNG_SEED", "EXPECTED_RESULTS_RTOL"))
+
+
 def _looks_like_text(source: str) -> bool:
     return "\n" in source or (":" in source and not os.path.exists(source) and not source.endswith((".yaml", ".yml", ".pkl")))
 
@@ -499,7 +507,7 @@ def translate_config(
     implied = _pop_variant_keys(raw, label, report, hints)
 
     merged = default_cfg()
-    report.extend(merge_cfg(merged, raw, label))
+    report.extend(merge_cfg(merged, raw, label, drop_unknown=is_cfg_dump(raw)))
     for key, value in implied.items():
         _set(merged, key, value)
     report.extend(merge_from_list(merged, list(overrides)))
