@@ -30,7 +30,8 @@ from detconvert.modeling.loading import LoadReport, load_detectron_blobs
 from detconvert.spec import ArchSpec
 from detconvert.structures import Detections
 
-__all__ = ["Predictor", "load_model", "default_class_names", "CHECKPOINT_FORMAT", "METADATA_KEYS"]
+__all__ = ["Predictor", "load_model", "default_class_names", "read_proposals", "write_proposals", "proposals_from_rpn",
+           "CHECKPOINT_FORMAT", "METADATA_KEYS"]
 
 #: ``metadata["format"]`` of checkpoints written by ``detconvert weights``.
 CHECKPOINT_FORMAT = "detconvert"
@@ -292,3 +293,70 @@ def load_model(
     model, report, names = build_from_weights(wf, cfg, dataset=dataset, overrides=overrides)
     model.to(dev).eval()
     return Predictor(model, names, dev, load_report=report, source=wf.path)
+
+
+# ------------------------------------------------------------------------------- proposal files
+
+
+def read_proposals(path: PathLike) -> Tuple[List[Any], List[np.ndarray], List[Optional[np.ndarray]]]:
+    """Read a proposal file: Detectron's pickle (``rpn_generator``: ``boxes``, ``scores``, ``ids``) or our json.
+
+    The pickle is read with the restricted unpickler (never ``pickle.load``); the json holds the same
+    three lists. Boxes are per image ``[R, 4]`` in original-image pixels, best first.
+
+    Returns:
+        ``(ids, boxes, scores)``, one entry per image in file order (scores may be None).
+
+    Raises:
+        DetconvertError: unreadable file, missing ``boxes``, or lists of different lengths.
+    """
+    from detconvert.io.unpickle import restricted_load
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+        else:
+            with open(path, "rb") as handle:
+                data = restricted_load(handle, path)
+    except (OSError, ValueError) as exc:
+        raise DetconvertError(f"cannot read proposals: {exc}", path) from None
+    if not isinstance(data, dict) or "boxes" not in data:
+        raise DetconvertError("not a proposal file (expected a dict with 'boxes', 'scores', 'ids')", path)
+    boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in data["boxes"]]
+    ids = list(data.get("ids", data.get("indexes", range(len(boxes)))))
+    scores = [None if s is None else np.asarray(s, dtype=np.float32).reshape(-1) for s in data.get("scores", [None] * len(boxes))]
+    if not (len(ids) == len(boxes) == len(scores)):
+        raise DetconvertError(f"'boxes' ({len(boxes)}), 'scores' ({len(scores)}) and 'ids' ({len(ids)}) differ in length",
+                              path)
+    return ids, boxes, scores
+
+
+def write_proposals(path: PathLike, ids: Sequence[Any], boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray],
+                    *, force: bool = True) -> Path:
+    """Write proposals as Detectron does (``rpn_generator.generate_rpn_on_dataset``): a pickle of
+    ``{'boxes': [...], 'scores': [...], 'ids': [...], 'cfg': ''}``, or the same lists as json (``.json``)."""
+    import pickle
+
+    from detconvert.io.atomic import atomic_write
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = {"ids": [i if isinstance(i, (int, str)) else int(i) for i in ids],
+                "boxes": [np.asarray(b, np.float32).tolist() for b in boxes],
+                "scores": [np.asarray(s, np.float32).tolist() for s in scores]}
+        with atomic_write(path, "w", force=force) as handle:
+            json.dump(data, handle)
+        return path
+    data = {"boxes": [np.asarray(b, np.float32) for b in boxes], "scores": [np.asarray(s, np.float32) for s in scores],
+            "ids": list(ids), "cfg": ""}
+    with atomic_write(path, "wb", force=force) as handle:
+        pickle.dump(data, handle, protocol=2)
+    return path
+
+
+def proposals_from_rpn(rpn: Predictor, images: Sequence[ImageLike]) -> List[np.ndarray]:
+    """Run an RPN-only predictor and return its proposals per image (``--rpn-weights`` pairing)."""
+    if rpn.spec.pipeline != "rpn_only":
+        raise DetconvertError("the proposal model must be an RPN-only model (MODEL.RPN_ONLY)", rpn.source)
+    return [d.boxes for d in rpn.predict(images)]
