@@ -80,17 +80,22 @@ class ResNetSpec:
     res5_dilation: int = 1  # RESNETS.RES5_DILATION
     freeze_at: int = 2  # TRAIN.FREEZE_AT: conv1 and res2..res{freeze_at} get no gradient
     norm: NormSpec = field(default_factory=NormSpec)
+    # Widths Detectron hard-codes (ResNet.add_ResNet_convX_body: stem 64, res2 256, doubling per
+    # stage). Fields only so that a TINY Detectron-architecture network can be built (the training
+    # overfit test and the shipped shapes demo model); every Detectron config keeps the defaults.
+    stem_out_dim: int = 64
+    res2_out_dim: int = 256
 
     @property
     def stem_out(self) -> int:
-        return 64
+        return self.stem_out_dim
 
     def inner_dim(self, stage: int) -> int:
         """``d_inner`` of the bottleneck of stage ``stage`` (2..5)."""
         return self.num_groups * self.width_per_group * 2 ** (stage - 2)
 
     def out_dim(self, stage: int) -> int:
-        return 256 * 2 ** (stage - 2)
+        return self.res2_out_dim * 2 ** (stage - 2)
 
 
 @dataclass(frozen=True)

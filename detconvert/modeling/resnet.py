@@ -57,8 +57,8 @@ class Bottleneck(nn.Module):
 class ResStage(nn.Sequential):
     """``ResNet.add_stage``: ``num_blocks`` bottlenecks named ``<prefix>_0`` .. ``<prefix>_{n-1}``.
 
-    The first block strides by ``stride_init`` only when it changes the width, is not res2 (whose input
-    is the 64-channel stem, already max-pooled) and is not dilated (``add_residual_block``).
+    The first block strides by ``stride_init`` only when it changes the width and is not dilated
+    (``add_residual_block``); res2 (input: the already max-pooled stem) is built with ``stride_init=1``.
     """
 
     def __init__(
@@ -77,7 +77,9 @@ class ResStage(nn.Sequential):
     ):
         blocks = []
         for i in range(num_blocks):
-            stride = stride_init if (dim_in != dim_out and dim_in != 64 and dilation == 1) else 1
+            # Detectron (add_residual_block) skips the stride when dim_in == 64, i.e. for res2 after the
+            # stem; make_stage passes stride_init=1 for res2 instead, so narrow (tiny) bodies work too.
+            stride = stride_init if (dim_in != dim_out and dilation == 1) else 1
             blocks.append(
                 Bottleneck(
                     f"{prefix}_{i}", dim_in, dim_out, dim_inner, stride=stride, dilation=dilation,
@@ -102,7 +104,9 @@ def make_stage(spec: ResNetSpec, stage: int, *, prefix: str = "", dim_in: int = 
         spec.out_dim(stage),
         dim_inner or spec.inner_dim(stage),
         dilation=dilation,
-        stride_init=stride_init,
+        # res2 never strides (Detectron: its input is the 64-wide, already max-pooled stem; ResStage
+        # recognises it by that width, which a narrower stem would defeat).
+        stride_init=1 if stage == 2 and not prefix else stride_init,
         groups=spec.num_groups,
         stride_1x1=spec.stride_1x1,
         norm=spec.norm,
