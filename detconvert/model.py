@@ -292,6 +292,8 @@ def load_model(
         wf = load_weights(path)
     model, report, names = build_from_weights(wf, cfg, dataset=dataset, overrides=overrides)
     model.to(dev).eval()
+    if dev.type == "cpu":
+        model.to(memory_format=torch.channels_last)  # see detconvert.pipeline.run_pipeline
     return Predictor(model, names, dev, load_report=report, source=wf.path)
 
 
