@@ -1,0 +1,220 @@
+"""A synthetic "shapes" dataset in COCO format: coloured circles, squares and triangles.
+
+Every image is a flat, slightly noisy background with a few non-overlapping filled shapes; each
+shape's segmentation is the polygon that was drawn (``cv2.fillPoly`` of the same points), so the
+masks are exact. The dataset is deterministic in its seed. It serves the CPU overfitting test and
+the tiny model shipped with ``detconvert demo``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+
+from detconvert.io.atomic import atomic_write
+
+__all__ = ["SHAPE_CLASSES", "ShapeInstance", "make_shapes_image", "shapes_coco_dict", "write_shapes_dataset"]
+
+#: Category names in category-id order (id = index + 1); contiguous class = id.
+SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
+#: Distinct, saturated BGR colours so the shapes stand out from every background.
+_COLOURS = ((40, 40, 220), (40, 200, 40), (220, 80, 40), (30, 200, 230), (200, 40, 200), (230, 230, 40))
+_CIRCLE_VERTICES = 32
+
+
+@dataclass(frozen=True)
+class ShapeInstance:
+    """One drawn shape: its class name and polygon ``[x0, y0, x1, y1, ...]`` in pixels."""
+
+    name: str
+    polygon: Tuple[float, ...]
+
+    def box_xywh(self) -> List[float]:
+        """COCO ``[x, y, w, h]`` with Detectron's inclusive convention (``x2 = x + w - 1``)."""
+        xs, ys = self.polygon[0::2], self.polygon[1::2]
+        return [min(xs), min(ys), max(xs) - min(xs) + 1.0, max(ys) - min(ys) + 1.0]
+
+
+def _polygon(name: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+    if name == "circle":
+        t = np.linspace(0, 2 * math.pi, _CIRCLE_VERTICES, endpoint=False)
+    elif name == "square":
+        t = angle + np.array([0.25, 0.75, 1.25, 1.75]) * math.pi
+    else:
+        t = angle + np.array([0.0, 2.0 / 3.0, 4.0 / 3.0]) * math.pi - math.pi / 2
+    return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], axis=1)
+
+
+def make_shapes_image(
+    rng: np.random.RandomState, size: int = 128, max_shapes: int = 3, min_radius: float = 10.0, max_radius: float = 26.0
+) -> Tuple[np.ndarray, List[ShapeInstance]]:
+    """Draw one image.
+
+    Args:
+        rng: the random state (all randomness comes from it).
+        size: image height and width.
+        max_shapes: 1..max_shapes shapes; placements overlapping an earlier shape are retried.
+        min_radius: smallest circumradius in pixels.
+        max_radius: largest circumradius in pixels.
+
+    Returns:
+        ``(image, shapes)``: a BGR ``uint8`` ``size x size x 3`` image and the drawn shapes.
+    """
+    background = rng.randint(150, 256, size=3)
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[:] = background
+    noise = rng.randint(-12, 13, size=(size, size, 3))
+    image = np.clip(image.astype(np.int32) + noise, 0, 255).astype(np.uint8)
+    shapes: List[ShapeInstance] = []
+    placed: List[Tuple[float, float, float]] = []
+    count = rng.randint(1, max_shapes + 1)
+    for _ in range(count):
+        for _attempt in range(30):
+            name = SHAPE_CLASSES[rng.randint(len(SHAPE_CLASSES))]
+            r = rng.uniform(min_radius, max_radius)
+            cx = rng.uniform(r + 2, size - r - 3)
+            cy = rng.uniform(r + 2, size - r - 3)
+            if all(math.hypot(cx - px, cy - py) > r + pr + 4 for px, py, pr in placed):
+                break
+        else:
+            continue
+        poly = _polygon(name, cx, cy, r, rng.uniform(0, math.pi / 2))
+        colour = _COLOURS[rng.randint(len(_COLOURS))]
+        cv2.fillPoly(image, [np.round(poly).astype(np.int32)], tuple(int(c) for c in colour))
+        placed.append((cx, cy, r))
+        shapes.append(ShapeInstance(name, tuple(float(round(v, 2)) for v in np.round(poly).reshape(-1))))
+    return image, shapes
+
+
+def shapes_coco_dict(file_names: Sequence[str], shapes_per_image: Sequence[Sequence[ShapeInstance]], size: int) -> Dict[str, Any]:
+    """The COCO-format annotation dict of a set of drawn images (image ids from 1)."""
+    images, annotations = [], []
+    for image_id, (file_name, shapes) in enumerate(zip(file_names, shapes_per_image), start=1):
+        images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
+        for shape in shapes:
+            rle = mask_util.frPyObjects([list(shape.polygon)], size, size)
+            area = float(mask_util.area(mask_util.merge(rle)))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": SHAPE_CLASSES.index(shape.name) + 1,
+                    "bbox": shape.box_xywh(),
+                    "area": area,
+                    "segmentation": [list(shape.polygon)],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def write_shapes_dataset(out_dir: Union[str, Path], num_images: int = 8, seed: int = 0, size: int = 128, max_shapes: int = 3) -> Tuple[Path, Path]:
+    """Write ``num_images`` PNG images and ``annotations.json`` under ``out_dir``.
+
+    Args:
+        out_dir: destination folder (created).
+        num_images: how many images.
+        seed: the dataset's seed.
+        size: image side in pixels.
+        max_shapes: most shapes per image.
+
+    Returns:
+        ``(annotation file, image folder)``.
+    """
+    out = Path(out_dir)
+    image_dir = out / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    names, all_shapes = [], []
+    for i in range(num_images):
+        image, shapes = make_shapes_image(rng, size=size, max_shapes=max_shapes)
+        name = f"shapes_{i:04d}.png"
+        ok, encoded = cv2.imencode(".png", image)
+        if not ok:  # pragma: no cover - PNG encoding of a uint8 image cannot fail
+            raise RuntimeError("PNG encoding failed")
+        with atomic_write(image_dir / name, "wb", True) as f:
+            f.write(encoded.tobytes())
+        names.append(name)
+        all_shapes.append(shapes)
+    ann = out / "annotations.json"
+    with atomic_write(ann, "w", True) as f:
+        json.dump(shapes_coco_dict(names, all_shapes, size), f)
+    return ann, image_dir
+
+
+#: A TINY Detectron-architecture Mask R-CNN for the shapes (R-50-FPN layout, GN body, narrow widths):
+#: every key is Detectron's; only the body widths and block counts below (:data:`TINY_BODY`) are
+#: beyond what a Detectron config can say.
+TINY_SHAPES_CFG = """\
+MODEL:
+  TYPE: generalized_rcnn
+  CONV_BODY: FPN.add_fpn_ResNet50_conv5_body
+  NUM_CLASSES: 4
+  FASTER_RCNN: True
+  MASK_ON: True
+RESNETS:
+  STRIDE_1X1: False
+  TRANS_FUNC: bottleneck_gn_transformation
+  STEM_FUNC: basic_gn_stem
+  SHORTCUT_FUNC: basic_gn_shortcut
+  WIDTH_PER_GROUP: 8
+GROUP_NORM:
+  NUM_GROUPS: 4
+FPN:
+  FPN_ON: True
+  MULTILEVEL_ROIS: True
+  MULTILEVEL_RPN: True
+  DIM: 32
+  RPN_ANCHOR_START_SIZE: 16
+FAST_RCNN:
+  ROI_BOX_HEAD: fast_rcnn_heads.add_roi_2mlp_head
+  ROI_XFORM_METHOD: RoIAlign
+  ROI_XFORM_RESOLUTION: 7
+  ROI_XFORM_SAMPLING_RATIO: 2
+  MLP_HEAD_DIM: 64
+MRCNN:
+  ROI_MASK_HEAD: mask_rcnn_heads.mask_rcnn_fcn_head_v1up
+  RESOLUTION: 14
+  ROI_XFORM_METHOD: RoIAlign
+  ROI_XFORM_RESOLUTION: 7
+  ROI_XFORM_SAMPLING_RATIO: 2
+  DIM_REDUCED: 32
+  DILATION: 1
+  CONV_INIT: MSRAFill
+SOLVER:
+  WEIGHT_DECAY: 0.0001
+  LR_POLICY: steps_with_decay
+  BASE_LR: 0.02
+  GAMMA: 0.1
+  MAX_ITER: 300
+  STEPS: [0, 240]
+  WARM_UP_ITERS: 30
+  WARM_UP_FACTOR: 0.1
+TRAIN:
+  SCALES: (128,)
+  MAX_SIZE: 128
+  IMS_PER_BATCH: 2
+  BATCH_SIZE_PER_IM: 64
+  RPN_BATCH_SIZE_PER_IM: 64
+  RPN_PRE_NMS_TOP_N: 1000
+  RPN_POST_NMS_TOP_N: 200
+  FREEZE_AT: 0
+TEST:
+  SCALE: 128
+  MAX_SIZE: 128
+  NMS: 0.5
+  RPN_PRE_NMS_TOP_N: 1000
+  RPN_POST_NMS_TOP_N: 200
+  DETECTIONS_PER_IM: 20
+"""
+
+#: Body fields of the tiny model (1 block per stage, 16-wide stem, res2..res5 32/64/128/256 wide).
+TINY_BODY = {"block_counts": (1, 1, 1, 1), "stem_out_dim": 16, "res2_out_dim": 32}
