@@ -393,6 +393,16 @@ def _retinanet_config(spec: ArchSpec, model: Dict[str, Any]) -> None:
     }
 
 
+def _no_alias_dumper():
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # write repeated lists out instead of &id001 anchors
+            return True
+
+    return Dumper
+
+
 def export_detectron2(src: SourceModel, output: PathLike, *, force: bool = False) -> ExportReport:
     """Write ``output`` (a detectron2 ``.pkl``) and ``output`` with ``.yaml`` (its detectron2 config).
 
@@ -422,7 +432,7 @@ def export_detectron2(src: SourceModel, output: PathLike, *, force: bool = False
     with atomic_write(out, "wb", force=force) as handle:
         handle.write(payload)
     with atomic_write(yaml_path, "w", force=force) as handle:
-        handle.write(header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+        handle.write(header + yaml.dump(config, Dumper=_no_alias_dumper(), sort_keys=False, default_flow_style=None))
     notes = [f"load with: cfg.merge_from_file('{yaml_path}'); DetectionCheckpointer(model).load('{out}')",
              "detectron2 class index = Detectron class index - 1 (background moved last in cls_score, dropped "
              "from bbox_pred and the mask predictor)"]

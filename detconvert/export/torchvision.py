@@ -99,7 +99,7 @@ TV_FROZEN_BN_EPS = 1e-5
 TV_NUMERIC_NOTES: Tuple[str, ...] = (
     "torchvision decodes boxes and computes IoU/NMS without Detectron's +1 pixel widths; its anchors are not "
     "quantized; FPN levels use sqrt(area) without +1",
-    "torchvision's MultiScaleRoIAlign is aligned=False (as Detectron) but its sampling ratio is fixed at 2",
+    "torchvision's MultiScaleRoIAlign is aligned=False with sampling_ratio=2, as Detectron's FPN configs",
     "torchvision resizes with bilinear interpolation on the RGB [0,1] image, pastes masks differently and "
     "up-samples keypoint heatmaps with F.interpolate: detections are close to Detectron's, not identical",
 )
