@@ -61,3 +61,32 @@ def test_trained_model_detects_its_training_shapes(trained):
     report = evaluate_results(coco_gt, records, ["bbox", "segm"], log=None, warn=lambda m: None)
     assert report.stats["bbox"]["AP50"] >= 0.9 and report.stats["segm"]["AP50"] >= 0.9, report.stats
     assert report.stats["bbox"]["AP"] >= 0.8, report.stats
+
+
+def _polygon_mask(polygon, size):
+    import pycocotools.mask as mask_util
+
+    return mask_util.decode(mask_util.frPyObjects([list(polygon)], size, size))[:, :, 0].astype(bool)
+
+
+def test_shipped_demo_model_masks_overlap_the_drawn_shapes(tmp_path):
+    """``detconvert demo``'s shapes model: every drawn shape gets a confident mask of its class (IoU >= 0.7)."""
+    import pycocotools.mask as mask_util
+
+    from detconvert import demo
+
+    if not demo.SHAPES_MODEL.exists():
+        pytest.fail("the shapes demo model is missing; run tools/train_demo_model.py")
+    assert demo.SHAPES_MODEL.stat().st_size < 3 * 1024 * 1024
+    result = demo.run_shapes_demo(tmp_path)
+    assert result.picture_path.exists() and result.picture_path.stat().st_size > 0
+    dets = result.detections
+    confident = dets.scores >= demo.SHAPES_THRESH
+    masks = [mask_util.decode(m).astype(bool) for m in dets.masks]
+    assert result.drawn
+    for shape in result.drawn:
+        truth = _polygon_mask(shape.polygon, 128)
+        ious = [(truth & m).sum() / float((truth | m).sum())
+                for m, c, ok in zip(masks, dets.classes, confident) if ok and result.class_names[c] == shape.name]
+        assert ious and max(ious) >= 0.7, f"{shape.name}: best mask IoU {max(ious, default=0):.2f}"
+    assert int(confident.sum()) == len(result.drawn)
