@@ -182,6 +182,7 @@ def infer_images(
     class_table: Optional[ClassTable] = None,
     log: Optional[Log] = None,
     warn: Optional[Log] = None,
+    predict_paths: Optional[Callable[[List[Path]], List[Optional[Detections]]]] = None,
 ) -> InferSummary:
     """Detect on every image, write Detectron-style pictures and one COCO results json.
 
@@ -203,6 +204,9 @@ def infer_images(
         class_table: class names and category ids (default: from ``predictor.class_names``).
         log: receives per-image lines (default: stdout).
         warn: receives warnings (default: stderr as ``detconvert: warning: ...``).
+        predict_paths: detect all images at once from their paths (several processes, see
+            :mod:`detconvert.parallel.sharded_inference`) instead of ``predictor.predict`` per batch;
+            pictures and json are still written here, in input order.
 
     Returns:
         An :class:`InferSummary`.
@@ -226,8 +230,13 @@ def infer_images(
     json_path = Path(json_path) if json_path else output_dir / DEFAULT_JSON_NAME
     summary = InferSummary(json_path=json_path)
 
+    precomputed = dict(zip(images, predict_paths(images))) if predict_paths is not None else None
+
     def run_batch(batch: List[Tuple[Path, int, np.ndarray]]) -> None:
-        all_dets = predictor.predict([image for _, _, image in batch])
+        if precomputed is not None:
+            all_dets = [precomputed[path] for path, _, _ in batch]
+        else:
+            all_dets = predictor.predict([image for _, _, image in batch])
         for (path, image_id, image), dets in zip(batch, all_dets):
             dets = filter_classes(dets, keep)
             summary.images.append(path)

@@ -59,6 +59,14 @@ def class_table_from_args(args: argparse.Namespace, predictor: Any):
     return table
 
 
+def _load_dataset(args: argparse.Namespace) -> Optional[str]:
+    # load_model takes dataset names (Detectron.pytorch's --dataset); a class-list file only
+    # renames classes here and is checked against the model's class count afterwards.
+    if args.dataset and args.dataset.lower().startswith(("coco", "keypoints_coco", "voc")):
+        return args.dataset
+    return None
+
+
 def load_predictor(args: argparse.Namespace) -> Any:
     """``detconvert.load_model`` from parsed model arguments."""
     if not args.weights:
@@ -66,13 +74,9 @@ def load_predictor(args: argparse.Namespace) -> Any:
     from detconvert.datasets import get_class_table
 
     overrides = override_pairs(args.set_cfgs)
-    dataset = None
     if args.dataset:
         get_class_table(args.dataset)  # fail early on a bad --dataset, before loading weights
-        # load_model takes dataset names (Detectron.pytorch's --dataset); a class-list file only
-        # renames classes here and is checked against the model's class count afterwards.
-        if args.dataset.lower().startswith(("coco", "keypoints_coco", "voc")):
-            dataset = args.dataset
+    dataset = _load_dataset(args)
     try:
         from detconvert.model import load_model
     except ModuleNotFoundError as exc:
@@ -107,6 +111,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--verbose", action="store_true", help="one summary line per image")
     group.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar (it is shown only on a terminal anyway)")
+    add_parallel_arguments(parser)
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--num-gpus N`` (one process per GPU; torchrun also works) and ``--num-processes N`` (CPU)."""
+    from detconvert.parallel.distributed import add_num_gpus_argument
+
+    group = parser.add_argument_group("scale-out")
+    add_num_gpus_argument(group)
+    group.add_argument("--num-processes", "--num_processes", dest="num_processes", type=int, default=1,
+                       metavar="N", help="CPU worker processes (gloo) when no GPU is used (default 1)")
+
+
+def sharded_predict_paths(args: argparse.Namespace):
+    """A ``predict_paths`` function for the library when more than one process is asked for, else None."""
+    from detconvert.parallel.distributed import torchrun_environment
+    from detconvert.parallel.sharded_inference import ModelLoader, predict_paths
+
+    if args.num_processes < 1:
+        raise DetconvertError(f"must be >= 1, got {args.num_processes}", "--num-processes")
+    if not (args.num_gpus or args.num_processes > 1 or torchrun_environment()):
+        return None
+    loader = ModelLoader(str(args.weights), args.cfg, _load_dataset(args), tuple(override_pairs(args.set_cfgs)))
+    return lambda paths: predict_paths(loader, paths, num_gpus=args.num_gpus, num_processes=args.num_processes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,6 +144,14 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         raise DetconvertError("no images given: pass IMAGE_OR_FOLDER, --image_dir DIR or --images FILE ...")
     collect_images(inputs, args.image_ext)  # missing paths and empty folders fail before the weights load
+    predict_paths = sharded_predict_paths(args)
+    if predict_paths is not None:
+        from detconvert.parallel.distributed import is_main_process, torchrun_environment
+
+        if torchrun_environment() and not is_main_process():
+            predict_paths(collect_images(inputs, args.image_ext))  # compute our shard; rank 0 writes
+            return 0
+        args.device = "cpu"  # the workers compute; this process only needs names and the spec
     predictor = load_predictor(args)
     summary = infer_images(
         predictor,
@@ -132,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         image_ext=args.image_ext,
         class_table=class_table_from_args(args, predictor),
+        predict_paths=predict_paths,
     )
     skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
     print(
