@@ -98,6 +98,7 @@ def evaluate_dataset(
     progress: Optional[bool] = None,
     log: Optional[Log] = print,
     warn: Optional[Log] = None,
+    predict_paths: Optional[Callable[[List[Path]], List[Any]]] = None,
 ) -> EvalReport:
     """Detect on every annotated image, write the results json, evaluate with pycocotools.
 
@@ -114,6 +115,8 @@ def evaluate_dataset(
         progress: tqdm bar; None = only on a terminal.
         log: receives notes and the AP tables (None: silent).
         warn: receives warnings (default: stderr).
+        predict_paths: detect all images at once from their paths on several processes
+            (:mod:`detconvert.parallel.sharded_inference`) instead of ``predictor.predict``.
 
     Raises:
         DetconvertError: missing image folder, unreadable annotations, no readable image.
@@ -141,8 +144,17 @@ def evaluate_dataset(
     batch: List[Tuple[int, np.ndarray]] = []
     done = 0
 
+    precomputed = None
+    if predict_paths is not None:
+        paths = [image_dir / entry["file_name"] for entry in entries]
+        precomputed = dict(zip((entry["id"] for entry in entries), predict_paths(paths)))
+
     def run_batch() -> None:
-        for (image_id, _), dets in zip(batch, predictor.predict([image for _, image in batch])):
+        if precomputed is not None:
+            all_dets = [precomputed[image_id] for image_id, _ in batch]
+        else:
+            all_dets = predictor.predict([image for _, image in batch])
+        for (image_id, _), dets in zip(batch, all_dets):
             results.extend(detections_to_coco(dets, image_id, table, keypoint_confidence=keypoint_confidence))
 
     for entry in _progress(entries, len(entries), progress):

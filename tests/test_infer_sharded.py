@@ -71,3 +71,22 @@ def test_num_gpus_without_cuda_is_one_line_error(shapes_checkpoint, tmp_path, ca
                str(tmp_path), "--num-gpus", "2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--num-gpus" in err[0]
+
+
+def test_eval_two_cpu_processes_equal_one(shapes_checkpoint, tmp_path, capsys):
+    """`detconvert eval --num-processes 2` writes the same results and the same AP as one process."""
+    from detconvert.train.shapes import write_shapes_dataset
+
+    weights, _ = shapes_checkpoint
+    ann, image_dir = write_shapes_dataset(tmp_path / "data", num_images=4, seed=3)
+    outputs = {}
+    for name, extra in (("one", []), ("two", ["--num-processes", "2"])):
+        rc = main(["eval", "--load_ckpt", str(weights), "--ann", str(ann), "--image_dir", str(image_dir),
+                   "--output_dir", str(tmp_path / name), "--device", "cpu", *extra])
+        assert rc == 0
+        summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("summary:")]
+        outputs[name] = (json.loads((tmp_path / name / "detections_coco.json").read_text()), summary)
+    (one, one_summary), (two, two_summary) = outputs["one"], outputs["two"]
+    assert len(one) > 0 and len(one) == len(two)
+    assert [(r["image_id"], r["category_id"]) for r in one] == [(r["image_id"], r["category_id"]) for r in two]
+    assert one_summary[0].split("(")[0] == two_summary[0].split("(")[0]

@@ -5,8 +5,15 @@ With ``--results FILE`` an existing COCO results json is evaluated instead (no m
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from detconvert.commands.infer import add_model_arguments, class_table_from_args, load_predictor
+from detconvert.commands.infer import (
+    add_model_arguments,
+    add_parallel_arguments,
+    class_table_from_args,
+    load_predictor,
+    sharded_predict_paths,
+)
 from detconvert.errors import DetconvertError
 
 HELP = "evaluate on a COCO-format dataset (image folder + annotation json) with pycocotools; or --results FILE"
@@ -29,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="what to evaluate (default: everything the results and annotations have)")
     group.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar (it is shown only on a terminal anyway)")
+    add_parallel_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +49,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.image_dir:
             raise DetconvertError("needs --image_dir DIR (or --results FILE to evaluate an existing json)")
+        predict_paths = sharded_predict_paths(args)
+        if predict_paths is not None:
+            from detconvert.parallel.distributed import is_main_process, torchrun_environment
+
+            if torchrun_environment() and not is_main_process():
+                from detconvert.coco import load_annotations
+
+                entries = load_annotations(args.annotations).dataset["images"]
+                predict_paths([Path(args.image_dir) / e["file_name"] for e in sorted(entries, key=lambda e: e["id"])])
+                return 0  # our shard is computed; rank 0 evaluates
+            args.device = "cpu"  # the workers compute; this process only needs names and the spec
         predictor = load_predictor(args)
         report = evaluate_dataset(
             predictor,
@@ -52,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             class_table=class_table_from_args(args, predictor),
             progress=args.progress,
+            predict_paths=predict_paths,
         )
     headline = ", ".join(f"{kind} AP {stats['AP'] * 100:.1f}" for kind, stats in report.stats.items())
     print(f"summary: {headline or 'nothing evaluated'}" + (f" ({report.results_path})" if report.results_path else ""))
