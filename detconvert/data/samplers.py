@@ -67,7 +67,28 @@ def build_device_chunks(
     return full if drop_last else full + partial
 
 
-class AspectRatioGroupedBatchSampler(Sampler[List[int]]):
+class _AspectGroupedChunks(Sampler[List[int]]):
+    """What both aspect-grouped samplers share: their settings, the epoch, and this epoch's device chunks."""
+
+    def __init__(self, aspect_ratios: Sequence[float], ims_per_device: int, shuffle: bool, seed: int, drop_last: bool):
+        self.aspect_ratios = list(aspect_ratios)
+        self.ims_per_device = ims_per_device
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` on the next iteration (in distributed runs, call it on every rank)."""
+        self.epoch = epoch
+
+    def _epoch_chunks(self) -> List[List[int]]:
+        return build_device_chunks(
+            self.aspect_ratios, self.ims_per_device, self.shuffle, self.seed, self.epoch, self.drop_last
+        )
+
+
+class AspectRatioGroupedBatchSampler(_AspectGroupedChunks):
     """Batches for one process driving ``num_devices`` devices (``DataParallel``, or one device).
 
     Each batch holds up to ``num_devices`` single-orientation chunks of ``ims_per_device`` indices.
@@ -95,22 +116,11 @@ class AspectRatioGroupedBatchSampler(Sampler[List[int]]):
     ):
         if num_devices < 1:
             raise ValueError(f"num_devices must be >= 1, got {num_devices}")
-        self.aspect_ratios = list(aspect_ratios)
-        self.ims_per_device = ims_per_device
+        super().__init__(aspect_ratios, ims_per_device, shuffle, seed, drop_last)
         self.num_devices = num_devices
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` on the next iteration."""
-        self.epoch = epoch
 
     def _batches(self) -> List[List[int]]:
-        chunks = build_device_chunks(
-            self.aspect_ratios, self.ims_per_device, self.shuffle, self.seed, self.epoch, self.drop_last
-        )
+        chunks = self._epoch_chunks()
         batches: List[List[int]] = []
         current: List[List[int]] = []
         for chunk in chunks:
@@ -132,7 +142,7 @@ class AspectRatioGroupedBatchSampler(Sampler[List[int]]):
         return len(self._batches())
 
 
-class DistributedAspectRatioGroupedBatchSampler(Sampler[List[int]]):
+class DistributedAspectRatioGroupedBatchSampler(_AspectGroupedChunks):
     """One single-orientation chunk per batch for each rank of a distributed job (one device per process).
 
     All ranks build the same chunk list (same ``seed`` and epoch) and rank ``r`` takes chunks
@@ -165,23 +175,12 @@ class DistributedAspectRatioGroupedBatchSampler(Sampler[List[int]]):
             rank = dist.get_rank() if rank is None else rank
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
-        self.aspect_ratios = list(aspect_ratios)
-        self.ims_per_device = ims_per_device
+        super().__init__(aspect_ratios, ims_per_device, shuffle, seed, drop_last)
         self.num_replicas = num_replicas
         self.rank = rank
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` on the next iteration (call on every rank)."""
-        self.epoch = epoch
 
     def _all_chunks(self) -> List[List[int]]:
-        chunks = build_device_chunks(
-            self.aspect_ratios, self.ims_per_device, self.shuffle, self.seed, self.epoch, self.drop_last
-        )
+        chunks = self._epoch_chunks()
         if self.drop_last:
             return chunks[: len(chunks) - len(chunks) % self.num_replicas]
         if not chunks:
