@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import pickle
 import queue as queue_module
@@ -125,11 +126,19 @@ def _run_shard(
     A failure on one rank is gathered like a result, so every rank leaves the collective and
     raises with the failing rank's traceback instead of the others waiting for the timeout.
     """
+    state = None
     try:
         state = init_fn(context) if init_fn is not None else None
         outcome: Tuple[str, Any] = ("ok", [fn(state, item) for item in shard(items, context.world_size, context.rank)])
     except Exception:  # reported to all ranks below
         outcome = ("error", traceback.format_exc())
+    finally:
+        # The state may be a DistributedDataParallel model: its reducer holds the process group and
+        # sits in reference cycles (autograd hooks), so without this it is destroyed at interpreter
+        # exit, after destroy_process_group — an occasional SIGABRT ("terminate called without an
+        # active exception") in a worker that had already returned its results.
+        del state
+        gc.collect()
     gathered: List[Any] = [None] * context.world_size
     dist.all_gather_object(gathered, outcome, group=object_group)
     failures = [(rank, text) for rank, (status, text) in enumerate(gathered) if status == "error"]
@@ -176,6 +185,8 @@ def _spawned_worker(
         merged = _run_shard(context, fn, items, init_fn, _object_group(backend))
         if local_rank == 0:
             result_queue.put(merged)
+        # No rank tears its connections down while another still talks over them.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -364,15 +375,12 @@ def wrap_ddp(
         )
     device = torch.device(device)
     model.to(device)
+    options: dict = {"find_unused_parameters": find_unused_parameters}
+    if not broadcast_buffers:
+        # Only the non-default is passed: newer torch deprecates the keyword (a FutureWarning on
+        # every construction) while keeping buffer broadcasting as its default.
+        options["broadcast_buffers"] = False
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return DistributedDataParallel(
-            model,
-            device_ids=[index],
-            output_device=index,
-            find_unused_parameters=find_unused_parameters,
-            broadcast_buffers=broadcast_buffers,
-        )
-    return DistributedDataParallel(
-        model, find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers
-    )
+        return DistributedDataParallel(model, device_ids=[index], output_device=index, **options)
+    return DistributedDataParallel(model, **options)
