@@ -281,6 +281,19 @@ def _scaled_rois(per_image_boxes: List[Tensor], im_scales: np.ndarray, device: t
     return torch.cat(rows)
 
 
+def _contiguous_pooling_maps(model: DetectronModel, spec: ArchSpec, feats: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """``feats`` with the maps RoIs are pooled from made NCHW-contiguous.
+
+    The CPU backbone runs channels-last; torchvision's CPU RoIAlign reads NCHW and would copy a map
+    again for every pooling (box, mask and keypoint heads). Converting once saves those copies.
+    """
+    if spec.fpn is not None:
+        names = list(model.fpn.feature_names)
+    else:
+        names = [f"res{spec.body.last_stage}"]
+    return {**feats, **{name: feats[name].contiguous() for name in names}}
+
+
 def _rcnn_heads(
     model: DetectronModel,
     spec: ArchSpec,
@@ -295,6 +308,8 @@ def _rcnn_heads(
     device = rois.device
     num_images = len(image_hw)
     bh = spec.box_head
+    if device.type == "cpu":
+        feats = _contiguous_pooling_maps(model, spec, feats)
     pooled = _pool(model, spec, feats, rois, bh.roi_xform, blobs, "rois")
     cls_score, bbox_pred = model.box_predictor(model.box_head(pooled))
     del pooled

@@ -7,7 +7,8 @@ implements exactly these rules; this module adds Detectron's multi-level FPN poo
 """
 from __future__ import annotations
 
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Sequence
 
 import torch
 import torchvision
@@ -32,10 +33,47 @@ def roi_align(
         ``[R, C, output_size, output_size]``.
     """
     rois = rois.to(dtype=features.dtype, device=features.device)
+    chunks = _cpu_chunks(features, rois)
+    if chunks > 1:
+        # torchvision's CPU kernel runs on one core; RoIs are independent, so shards of them run on
+        # the other cores (the kernel releases the GIL). Bitwise the same result.
+        features = features.contiguous()  # once, not once per shard
+        parts = list(_thread_pool().map(
+            lambda part: _torchvision_roi_align(features, part, output_size, spatial_scale, sampling_ratio),
+            rois.chunk(chunks),
+        ))
+        return torch.cat(parts)
+    return _torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio)
+
+
+# Below this many RoIs per thread, splitting costs more than it saves.
+_MIN_ROIS_PER_THREAD = 32
+_POOL: Optional[ThreadPoolExecutor] = None
+
+
+def _torchvision_roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
+                           sampling_ratio: int) -> Tensor:
     return torchvision.ops.roi_align(
         features, rois, (output_size, output_size), spatial_scale=spatial_scale,
         sampling_ratio=sampling_ratio, aligned=False,
     )
+
+
+def _cpu_chunks(features: Tensor, rois: Tensor) -> int:
+    """How many threads to pool ``rois`` with: 1 off the CPU, while autograd records, or for few RoIs."""
+    if features.device.type != "cpu":
+        return 1
+    if torch.is_grad_enabled() and (features.requires_grad or rois.requires_grad):
+        return 1  # worker threads do not share this thread's autograd state
+    return max(1, min(torch.get_num_threads(), rois.shape[0] // _MIN_ROIS_PER_THREAD))
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()),
+                                   thread_name_prefix="detconvert-roi-align")
+    return _POOL
 
 
 def multilevel_roi_align(
