@@ -61,6 +61,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--convert-only", action="store_true")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the FLOP count and the conv-throughput floor")
     args = parser.parse_args()
     weights = args.weights or _default_weights()
     if args.convert_only:
@@ -113,7 +115,39 @@ def main() -> int:
     print(f"torchvision maskrcnn_resnet50_fpn: {m_tv:.2f} s/image ({n_tv} detections with masks) "
           f"runs {', '.join(f'{t:.2f}' for t in t_tv)}")
     print(f"ratio detconvert / torchvision: {m_ours / m_tv:.2f}")
+    if args.floor:
+        report_floor(run_ours, m_ours, m_tv)
     return 0
+
+
+def report_floor(run_ours, seconds_ours: float, seconds_tv: float) -> None:
+    """How close the run is to the machine: FLOPs per image against a measured conv throughput.
+
+    The floor is the time the image's multiply-adds would take at the throughput of one large
+    3x3 convolution (256 -> 256 on 100 RoIs of 14x14, the mask head's), i.e. what oneDNN reaches
+    on this CPU at float32; no exact-numerics implementation of the same network goes below it.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        run_ours()
+    flops = sum(event.flops for event in prof.key_averages() if event.flops)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
+    x = torch.randn(100, 256, 14, 14).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        conv(x)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            conv(x)
+            times.append(time.perf_counter() - start)
+    conv_flops = 2 * 100 * 14 * 14 * 256 * 256 * 9
+    throughput = conv_flops / min(times)
+    floor = flops / throughput
+    print(f"work: {flops / 1e9:.0f} GFLOP per image; conv throughput {throughput / 1e9:.0f} GFLOP/s -> floor "
+          f"{floor:.2f} s/image = ratio {floor / seconds_tv:.2f} vs torchvision "
+          f"(detconvert at {floor / seconds_ours:.0%} of it)")
 
 
 if __name__ == "__main__":
