@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_save", "--no-save", action="store_true", help="write no checkpoint")
     parser.add_argument("--keep-classes", "--keep_classes", dest="keep_classes", metavar="A,B,...",
                         help="keep these classes of the --load_detectron model (its classifier rows)")
+    parser.add_argument("--source-classes", "--source_classes", dest="source_classes", metavar="NAME|FILE",
+                        help="class names of the --load_detectron model: coco*, keypoints_coco*, voc* or a class-list "
+                             "file (default: COCO's for 81 classes, else class_N)")
     parser.add_argument("--num-classes", "--num_classes", dest="num_classes", type=int, metavar="N",
                         help="re-initialise the class layers for N classes (background included)")
     parser.add_argument("--max-iter", "--max_iter", dest="max_iter", type=int, metavar="N", help="override SOLVER.MAX_ITER")
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         cfg=args.cfg, annotations=args.dataset, image_dir=args.image_dir, output_dir=args.output_dir,
         load_detectron=args.load_detectron, load_ckpt=args.load_ckpt, resume=args.resume, batch_size=args.bs,
         num_workers=args.nw, iter_size=args.iter_size, overrides=override_pairs(args.set_cfgs),
-        use_tfboard=args.use_tfboard, no_save=args.no_save, keep_classes=keep, num_classes=args.num_classes,
+        use_tfboard=args.use_tfboard, no_save=args.no_save, keep_classes=keep, source_classes=args.source_classes,
+        num_classes=args.num_classes,
         max_iter=args.max_iter, device=args.device, seed=args.seed, log_period=args.log_period,
         checkpoint_period=args.checkpoint_period,
     )
@@ -68,4 +72,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained  {steps} iterations from step {result.start_step} in {result.seconds:.1f} s; last total_loss {last:.4f}")
     if result.checkpoint is not None:
         print(f"saved    {result.checkpoint}")
+    if result.model_final is not None:
+        print(f"saved    {result.model_final} (detconvert.load_model / detconvert infer --wts)")
     return 0

@@ -10,7 +10,9 @@ per-step batch size, lessons L15). Checkpoints are keyed by parameter name
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ __all__ = [
     "build_train_loader",
     "accumulate_gradients",
     "export_detectron_pickle",
+    "save_model_final",
     "train",
 ]
 
@@ -194,6 +197,8 @@ class TrainOptions:
         use_tfboard: write TensorBoard scalars (``--use_tfboard``).
         no_save: write no checkpoint (``--no_save``).
         keep_classes: keep these classes of the loaded model (``--keep-classes``).
+        source_classes: class names of the ``load_detectron`` model: ``coco*``, ``voc*``, ... or a
+            class-list file (``--source-classes``; default: COCO for 81 classes, else ``class_N``).
         num_classes: re-initialise the class layers for this many classes (``--num-classes``).
         max_iter: override ``SOLVER.MAX_ITER`` after scaling (``--max-iter``).
         device: ``cpu`` / ``cuda`` / ``cuda:N`` (``--device``).
@@ -220,6 +225,7 @@ class TrainOptions:
     use_tfboard: bool = False
     no_save: bool = False
     keep_classes: Sequence[str] = ()
+    source_classes: Optional[str] = None
     num_classes: Optional[int] = None
     max_iter: Optional[int] = None
     device: str = "cpu"
@@ -243,6 +249,8 @@ class TrainResult:
     start_step: int
     seconds: float
     surgery: List[str] = field(default_factory=list)
+    #: ``<output_dir>/model_final.pth``: the trained detector for :func:`detconvert.load_model`.
+    model_final: Optional[Path] = None
 
 
 def _translated_cfg(options: TrainOptions, num_classes: Optional[int]) -> Dict[str, Any]:
@@ -277,9 +285,46 @@ def _load_detectron_model(options: TrainOptions) -> Tuple[DetectronModel, List[s
     spec = build_spec(cfg)
     if options.body_override:
         spec = dataclasses.replace(spec, body=dataclasses.replace(spec.body, **dict(options.body_override)))
+    body = _body_of_blobs(wf.blobs, spec)
+    if body:
+        spec = dataclasses.replace(spec, body=dataclasses.replace(spec.body, **body))
     model = build_model(spec)
     load_detectron_blobs(model, wf.blobs, source=wf.path)
-    return model, default_class_names(spec.num_classes), cfg
+    try:
+        names = default_class_names(spec.num_classes, options.source_classes)
+    except DetconvertError as exc:
+        raise DetconvertError(str(exc), "--source-classes") from None
+    if len(names) != spec.num_classes:
+        raise DetconvertError(f"names {len(names) - 1} classes + background, the model in {wf.path} predicts "
+                              f"{spec.num_classes - 1} + background", "--source-classes")
+    return model, names, cfg
+
+
+_BLOCK_BLOB = re.compile(r"^res([2-5])_(\d+)_branch2a_w$")
+
+
+def _body_of_blobs(blobs: Mapping[str, np.ndarray], spec: ArchSpec) -> Dict[str, Any]:
+    """Body fields the weights fix but the config cannot say: block counts and the stem / res2 widths.
+
+    A ``model_final.pkl`` that detconvert trained with a narrow body (``body_override``, the demo's
+    shapes model) says its widths only through its blob shapes; the config alone would build R-50.
+    Returns only the fields that differ from ``spec``'s.
+    """
+    counts: Dict[int, int] = {}
+    for name in blobs:
+        match = _BLOCK_BLOB.match(name)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            counts[stage] = max(counts.get(stage, 0), block + 1)
+    found: Dict[str, Any] = {}
+    stages = sorted(counts)
+    if stages and stages == list(range(2, 2 + len(stages))):
+        found["block_counts"] = tuple(counts[s] for s in stages) + tuple(spec.body.block_counts[len(stages):])
+    if "conv1_w" in blobs:
+        found["stem_out_dim"] = int(np.shape(blobs["conv1_w"])[0])
+    if "res2_0_branch2c_w" in blobs:
+        found["res2_out_dim"] = int(np.shape(blobs["res2_0_branch2c_w"])[0])
+    return {k: v for k, v in found.items() if getattr(spec.body, k) != v}
 
 
 def _tensorboard(options: TrainOptions):
@@ -311,6 +356,9 @@ def train(options: TrainOptions) -> TrainResult:
     if options.resume and options.load_detectron:
         raise DetconvertError("--resume continues a detconvert checkpoint; it cannot start from --load_detectron",
                               "--resume")
+    if options.source_classes and not options.load_detectron:
+        raise DetconvertError("names the classes of a --load_detectron model; pass --load_detectron",
+                              "--source-classes")
     if options.keep_classes and options.num_classes:
         raise DetconvertError("give either --keep-classes or --num-classes, not both", "--keep-classes")
     if options.annotations is None:
@@ -414,14 +462,16 @@ def train(options: TrainOptions) -> TrainResult:
         if not options.no_save and options.checkpoint_period and done % options.checkpoint_period == 0 and done < solver.max_iter:
             last_ckpt = ckpt_dir / f"model_step{done}.pth"
             save_checkpoint(last_ckpt, model, optimizer, done, solver, extra)
+    model_final: Optional[Path] = None
     if not options.no_save and solver.max_iter > start_step:
         last_ckpt = ckpt_dir / f"model_step{solver.max_iter}.pth"
         save_checkpoint(last_ckpt, model, optimizer, solver.max_iter, solver, extra)
+        model_final = save_model_final(model, names, cfg, Path(options.output_dir or ".") / "model_final.pth")
     if writer is not None:
         writer.close()
     model.eval()
     return TrainResult(model, names, cfg, history, last_ckpt, start_step, time.perf_counter() - start_time,
-                       surgery_lines)
+                       surgery_lines, model_final)
 
 
 def _class_surgery(model: DetectronModel, names: List[str], cfg: Dict[str, Any], options: TrainOptions,
@@ -431,6 +481,11 @@ def _class_surgery(model: DetectronModel, names: List[str], cfg: Dict[str, Any],
 
     if options.keep_classes:
         rows = class_indices(names, list(options.keep_classes))
+        dataset_names = list(dataset.classes)[1:]
+        kept = [names[r] for r in rows]
+        if sorted(kept) == sorted(dataset_names):
+            # The dataset's contiguous class i must take the classifier row of the class of that name.
+            rows = [rows[kept.index(n)] for n in dataset_names]
         model, report = keep_classes(model, rows, names)
     elif options.num_classes:
         new_names = list(dataset.classes) if options.num_classes == dataset.num_classes else \
@@ -441,6 +496,33 @@ def _class_surgery(model: DetectronModel, names: List[str], cfg: Dict[str, Any],
     cfg = dict(cfg)
     cfg["MODEL"] = dict(cfg["MODEL"], NUM_CLASSES=model.spec.num_classes)
     return model, list(report.classes), cfg, report.lines()
+
+
+def save_model_final(model: DetectronModel, class_names: Sequence[str], cfg: Mapping[str, Any], path: PathLike) -> Path:
+    """Write the trained detector as a ``detconvert weights`` checkpoint (``torch`` layout).
+
+    :func:`detconvert.load_model` rebuilds the network from the stored spec, so a body no Detectron
+    key describes (``body_override``) loads too; the class names travel with it. Written atomically.
+    """
+    from detconvert.convert import _serialise, _state_dict
+    from detconvert import __version__
+    from detconvert.io.atomic import atomic_write
+    from detconvert.model import CHECKPOINT_FORMAT
+
+    spec_dict = model.spec.to_dict()
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "converter_version": __version__,
+        "source_name": "detconvert train",
+        "kind": "detector",
+        "spec": json.dumps(spec_dict),
+        "class_names": json.dumps(list(class_names)),
+        "conventions": json.dumps(spec_dict["conventions"]),
+        "cfg_json": json.dumps(_jsonable(cfg)),
+    }
+    with atomic_write(path, "wb") as handle:
+        handle.write(_serialise(_state_dict(model), metadata, "pth"))
+    return Path(path)
 
 
 def _jsonable(value: Any) -> Any:
