@@ -31,12 +31,13 @@ from detconvert.ops import fpn_rpn_cell_anchors, generate_anchors, generate_prop
 from detconvert.ops import multilevel_roi_align, roi_align
 from detconvert.spec import ArchSpec, RoIXformSpec
 from detconvert.train.config import TrainConfig
-from detconvert.train.losses import box_head_losses, keypoint_loss, mask_loss, rpn_losses
+from detconvert.train.losses import box_head_losses, keypoint_loss, mask_loss, retinanet_losses, rpn_losses
+from detconvert.train.retinanet_targets import add_retinanet_blobs
 from detconvert.train.roi_sampling import collect_training_proposals, proposal_targets
 from detconvert.train.rpn_targets import add_rpn_blobs
 from detconvert.train.sampling import RandomSource
 
-__all__ = ["TrainProposalSettings", "TrainBatch", "training_losses", "init_for_training"]
+__all__ = ["TrainProposalSettings", "TrainBatch", "training_losses", "retinanet_training_losses", "init_for_training"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ def init_for_training(model: DetectronModel, seed: int = 0) -> None:
     ``bbox_pred`` std 0.001; ``mask_rcnn_heads.add_mask_rcnn_outputs``: ``mask_fcn_logits`` std 0.001;
     ``FPN`` and mask convs: XavierFill / MSRAFill (here Kaiming normal, fan-out), ``fc6``/``fc7``
     XavierFill. Biases 0. Body convs get MSRAFill (Kaiming normal), GroupNorm affine (1, 0).
+    ``retinanet_heads.add_fpn_retinanet_outputs``: tower and prediction convs GaussianFill(std 0.01),
+    the class logits' bias ``-log((1 - PRIOR_PROB) / PRIOR_PROB)`` (sigmoid heads) so that every
+    anchor starts as background and the focal loss does not explode on the first iterations.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -101,7 +105,7 @@ def init_for_training(model: DetectronModel, seed: int = 0) -> None:
             t.copy_((torch.rand(t.shape, generator=gen) * 2 - 1) * bound)
 
     small = {"rpn_head": 0.01, "box_predictor.cls_score": 0.01, "box_predictor.bbox_pred": 0.001,
-             "mask_head.mask_fcn_logits": 0.001}
+             "mask_head.mask_fcn_logits": 0.001, "retinanet_head": 0.01}
     for name, module in model.named_modules():
         if isinstance(module, nn.GroupNorm):
             with torch.no_grad():
@@ -120,6 +124,11 @@ def init_for_training(model: DetectronModel, seed: int = 0) -> None:
         if module.bias is not None:
             with torch.no_grad():
                 module.bias.zero_()
+    head = model.retinanet_head
+    if head is not None and not head.spec.softmax:
+        prior = head.spec.prior_prob
+        with torch.no_grad():
+            head.cls_pred.bias.fill_(-float(np.log((1.0 - prior) / prior)))
 
 
 def _rpn_level_maps(model: DetectronModel, spec: ArchSpec, feats: Dict[str, Tensor]) -> Tuple[List[Tensor], List[str], List[int]]:
@@ -199,6 +208,8 @@ def training_losses(
         ``loss_bbox``, ``loss_mask``, ``loss_kps``); the total is their sum.
     """
     spec: ArchSpec = model.spec
+    if spec.meta_arch == "retinanet":
+        return retinanet_training_losses(model, batch, cfg)
     if spec.rpn is None or spec.box_head is None:
         raise ValueError("training_losses trains end-to-end R-CNN models (RPN + box head)")
     device = batch.images.device
@@ -237,3 +248,17 @@ def training_losses(
         valid = bool(np.asarray(blobs.get("valid", True)))
         losses["loss_kps"] = loss if valid else loss * 0.0
     return losses
+
+
+def retinanet_training_losses(model: DetectronModel, batch: TrainBatch, cfg: TrainConfig) -> Dict[str, Tensor]:
+    """RetinaNet's losses of one minibatch (``retinanet_heads.add_fpn_retinanet_losses``).
+
+    The head runs on P3..P7; the anchor targets (``roi_data/retinanet.add_retinanet_blobs``) are laid
+    out for the padded blob's size. Returns ``fl_fpn<l>`` and ``retnet_loss_bbox_fpn<l>`` per level.
+    """
+    spec: ArchSpec = model.spec
+    cls_logits, bbox_preds = model.retinanet_head(model.pyramid(model.features(batch.images)))
+    levels = range(spec.fpn.min_level, spec.fpn.max_level + 1)
+    height, width = batch.images.shape[-2:]
+    blobs = add_retinanet_blobs(batch.roidb, batch.im_scales, int(width), int(height), cfg)
+    return retinanet_losses(dict(zip(levels, cls_logits)), dict(zip(levels, bbox_preds)), blobs, cfg)

@@ -20,7 +20,8 @@ import pycocotools.mask as mask_util
 
 from detconvert.io.atomic import atomic_write
 
-__all__ = ["SHAPE_CLASSES", "ShapeInstance", "make_shapes_image", "shapes_coco_dict", "write_shapes_dataset"]
+__all__ = ["SHAPE_CLASSES", "ShapeInstance", "make_shapes_image", "shapes_coco_dict", "write_shapes_dataset",
+           "write_keypoint_shapes_dataset"]
 
 #: Category names in category-id order (id = index + 1); contiguous class = id.
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
@@ -116,7 +117,10 @@ def shapes_coco_dict(file_names: Sequence[str], shapes_per_image: Sequence[Seque
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def write_shapes_dataset(out_dir: Union[str, Path], num_images: int = 8, seed: int = 0, size: int = 128, max_shapes: int = 3) -> Tuple[Path, Path]:
+def write_shapes_dataset(
+    out_dir: Union[str, Path], num_images: int = 8, seed: int = 0, size: int = 128, max_shapes: int = 3,
+    min_radius: float = 10.0, max_radius: float = 26.0,
+) -> Tuple[Path, Path]:
     """Write ``num_images`` PNG images and ``annotations.json`` under ``out_dir``.
 
     Args:
@@ -125,6 +129,8 @@ def write_shapes_dataset(out_dir: Union[str, Path], num_images: int = 8, seed: i
         seed: the dataset's seed.
         size: image side in pixels.
         max_shapes: most shapes per image.
+        min_radius: smallest circumradius in pixels.
+        max_radius: largest circumradius in pixels.
 
     Returns:
         ``(annotation file, image folder)``.
@@ -135,7 +141,8 @@ def write_shapes_dataset(out_dir: Union[str, Path], num_images: int = 8, seed: i
     rng = np.random.RandomState(seed)
     names, all_shapes = [], []
     for i in range(num_images):
-        image, shapes = make_shapes_image(rng, size=size, max_shapes=max_shapes)
+        image, shapes = make_shapes_image(rng, size=size, max_shapes=max_shapes, min_radius=min_radius,
+                                          max_radius=max_radius)
         name = f"shapes_{i:04d}.png"
         ok, encoded = cv2.imencode(".png", image)
         if not ok:  # pragma: no cover - PNG encoding of a uint8 image cannot fail
@@ -218,3 +225,172 @@ TEST:
 
 #: Body fields of the tiny model (1 block per stage, 16-wide stem, res2..res5 32/64/128/256 wide).
 TINY_BODY = {"block_counts": (1, 1, 1, 1), "stem_out_dim": 16, "res2_out_dim": 32}
+
+#: A TINY RetinaNet for the shapes (Detectron's retinanet_R-50-FPN layout: P3-P7, 9 anchors per cell,
+#: sigmoid focal loss) with the narrow body of :data:`TINY_BODY` and one conv per head tower.
+TINY_RETINANET_CFG = """\
+MODEL:
+  TYPE: retinanet
+  CONV_BODY: FPN.add_fpn_ResNet50_conv5_body
+  NUM_CLASSES: 4
+RESNETS:
+  STRIDE_1X1: False
+  TRANS_FUNC: bottleneck_gn_transformation
+  STEM_FUNC: basic_gn_stem
+  SHORTCUT_FUNC: basic_gn_shortcut
+  WIDTH_PER_GROUP: 8
+GROUP_NORM:
+  NUM_GROUPS: 4
+FPN:
+  FPN_ON: True
+  MULTILEVEL_RPN: True
+  RPN_MAX_LEVEL: 7
+  RPN_MIN_LEVEL: 3
+  COARSEST_STRIDE: 128
+  EXTRA_CONV_LEVELS: True
+  DIM: 32
+RETINANET:
+  RETINANET_ON: True
+  NUM_CONVS: 1
+  ASPECT_RATIOS: (1.0, 2.0, 0.5)
+  SCALES_PER_OCTAVE: 3
+  ANCHOR_SCALE: 4
+  LOSS_GAMMA: 2.0
+  LOSS_ALPHA: 0.25
+SOLVER:
+  WEIGHT_DECAY: 0.0001
+  LR_POLICY: steps_with_decay
+  BASE_LR: 0.01
+  GAMMA: 0.1
+  MAX_ITER: 300
+  STEPS: [0, 240]
+  WARM_UP_ITERS: 30
+  WARM_UP_FACTOR: 0.1
+TRAIN:
+  SCALES: (128,)
+  MAX_SIZE: 128
+  IMS_PER_BATCH: 2
+  RPN_STRADDLE_THRESH: -1
+  FREEZE_AT: 0
+TEST:
+  SCALE: 128
+  MAX_SIZE: 128
+  NMS: 0.5
+  DETECTIONS_PER_IM: 20
+"""
+
+#: A TINY Keypoint R-CNN (Detectron's e2e_keypoint_rcnn_R-50-FPN layout, v1convX pose head with two
+#: 32-wide convs) for :func:`write_keypoint_shapes_dataset`: one class, a keypoint per triangle corner.
+TINY_KEYPOINT_CFG = """\
+MODEL:
+  TYPE: generalized_rcnn
+  CONV_BODY: FPN.add_fpn_ResNet50_conv5_body
+  NUM_CLASSES: 2
+  FASTER_RCNN: True
+  KEYPOINTS_ON: True
+RESNETS:
+  STRIDE_1X1: False
+  TRANS_FUNC: bottleneck_gn_transformation
+  STEM_FUNC: basic_gn_stem
+  SHORTCUT_FUNC: basic_gn_shortcut
+  WIDTH_PER_GROUP: 8
+GROUP_NORM:
+  NUM_GROUPS: 4
+FPN:
+  FPN_ON: True
+  MULTILEVEL_ROIS: True
+  MULTILEVEL_RPN: True
+  DIM: 32
+  RPN_ANCHOR_START_SIZE: 16
+FAST_RCNN:
+  ROI_BOX_HEAD: fast_rcnn_heads.add_roi_2mlp_head
+  ROI_XFORM_METHOD: RoIAlign
+  ROI_XFORM_RESOLUTION: 7
+  ROI_XFORM_SAMPLING_RATIO: 2
+  MLP_HEAD_DIM: 64
+KRCNN:
+  ROI_KEYPOINTS_HEAD: keypoint_rcnn_heads.add_roi_pose_head_v1convX
+  NUM_STACKED_CONVS: 2
+  NUM_KEYPOINTS: 3
+  USE_DECONV_OUTPUT: True
+  CONV_INIT: MSRAFill
+  CONV_HEAD_DIM: 32
+  UP_SCALE: 2
+  HEATMAP_SIZE: 28
+  ROI_XFORM_METHOD: RoIAlign
+  ROI_XFORM_RESOLUTION: 7
+  ROI_XFORM_SAMPLING_RATIO: 2
+  MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH: 1
+SOLVER:
+  WEIGHT_DECAY: 0.0001
+  LR_POLICY: steps_with_decay
+  BASE_LR: 0.02
+  GAMMA: 0.1
+  MAX_ITER: 300
+  STEPS: [0, 240]
+  WARM_UP_ITERS: 30
+  WARM_UP_FACTOR: 0.1
+TRAIN:
+  SCALES: (128,)
+  MAX_SIZE: 128
+  IMS_PER_BATCH: 2
+  BATCH_SIZE_PER_IM: 64
+  RPN_BATCH_SIZE_PER_IM: 64
+  RPN_PRE_NMS_TOP_N: 1000
+  RPN_POST_NMS_TOP_N: 200
+  FREEZE_AT: 0
+TEST:
+  SCALE: 128
+  MAX_SIZE: 128
+  NMS: 0.5
+  RPN_PRE_NMS_TOP_N: 1000
+  RPN_POST_NMS_TOP_N: 200
+  DETECTIONS_PER_IM: 20
+"""
+
+#: Keypoint names of :func:`write_keypoint_shapes_dataset` (a triangle's corners in drawing order).
+TRIANGLE_KEYPOINTS: Tuple[str, ...] = ("apex", "corner_b", "corner_c")
+
+
+def write_keypoint_shapes_dataset(out_dir: Union[str, Path], num_images: int = 4, seed: int = 0, size: int = 128) -> Tuple[Path, Path]:
+    """A keypoint dataset from the shapes: every triangle is a ``person`` whose keypoints are its corners.
+
+    Detectron reads keypoint names from the ``person`` category (``JsonDataset._init_keypoints``),
+    hence the name. Circles and squares stay unannotated (background); every image has a triangle.
+
+    Returns:
+        ``(annotation file, image folder)``.
+    """
+    out = Path(out_dir)
+    image_dir = out / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    images, annotations = [], []
+    while len(images) < num_images:
+        image, shapes = make_shapes_image(rng, size=size)
+        triangles = [s for s in shapes if s.name == "triangle"]
+        if not triangles:
+            continue
+        image_id = len(images) + 1
+        name = f"keypoints_{image_id:04d}.png"
+        ok, encoded = cv2.imencode(".png", image)
+        if not ok:  # pragma: no cover - PNG encoding of a uint8 image cannot fail
+            raise RuntimeError("PNG encoding failed")
+        with atomic_write(image_dir / name, "wb", True) as f:
+            f.write(encoded.tobytes())
+        images.append({"id": image_id, "file_name": name, "height": size, "width": size})
+        for shape in triangles:
+            rle = mask_util.frPyObjects([list(shape.polygon)], size, size)
+            keypoints = []
+            for x, y in zip(shape.polygon[0::2], shape.polygon[1::2]):
+                keypoints += [x, y, 2]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                "bbox": shape.box_xywh(), "area": float(mask_util.area(mask_util.merge(rle))),
+                                "segmentation": [list(shape.polygon)], "iscrowd": 0,
+                                "keypoints": keypoints, "num_keypoints": len(TRIANGLE_KEYPOINTS)})
+    categories = [{"id": 1, "name": "person", "supercategory": "shape", "keypoints": list(TRIANGLE_KEYPOINTS),
+                   "skeleton": [[1, 2], [2, 3], [3, 1]]}]
+    ann = out / "annotations.json"
+    with atomic_write(ann, "w", True) as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return ann, image_dir

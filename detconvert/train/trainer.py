@@ -385,8 +385,10 @@ def train(options: TrainOptions) -> TrainResult:
         raise DetconvertError(
             f"the model predicts {spec.num_classes} classes (with background), the dataset has {dataset.num_classes}; "
             "pass --num-classes or --keep-classes", str(ann))
-    if spec.rpn is None or spec.box_head is None or spec.meta_arch != "generalized_rcnn":
-        raise ConfigError("detconvert train trains end-to-end R-CNN models (RPN + box head); "
+    trainable = spec.meta_arch == "retinanet" or (spec.meta_arch == "generalized_rcnn" and spec.rpn is not None
+                                                   and spec.box_head is not None)
+    if not trainable:
+        raise ConfigError("detconvert train trains end-to-end R-CNN models (RPN + box head) and RetinaNet; "
                           f"this config is {spec.meta_arch}/{spec.pipeline}", str(options.cfg))
 
     tcfg = TrainConfig.from_detectron(cfg)
