@@ -10,6 +10,7 @@ per-step batch size, lessons L15). Checkpoints are keyed by parameter name
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import re
@@ -22,11 +23,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import cv2
 import numpy as np
 import torch
-from torch import Tensor
+import torch.distributed as dist
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from detconvert.data.batching import pad_images
-from detconvert.data.samplers import AspectRatioGroupedBatchSampler
+from detconvert.data.samplers import AspectRatioGroupedBatchSampler, DistributedAspectRatioGroupedBatchSampler
 from detconvert.errors import ConfigError, DetconvertError, PathLike
 from detconvert.modeling.detector import DetectronModel, build_model
 from detconvert.ops.preprocess import prep_im_for_blob
@@ -129,9 +131,19 @@ class _Collate:
         return collate_train_batch(samples, self.stride)
 
 
-def build_train_loader(dataset: RoidbImageDataset, ims_per_batch: int, num_workers: int, stride: int, seed: int = 0) -> DataLoader:
-    """A prefetching ``DataLoader`` over aspect-ratio grouped batches (landscape and portrait never mix)."""
-    sampler = AspectRatioGroupedBatchSampler(dataset.aspect_ratios(), ims_per_batch, 1, shuffle=True, seed=seed)
+def build_train_loader(dataset: RoidbImageDataset, ims_per_batch: int, num_workers: int, stride: int, seed: int = 0,
+                       world: Optional[Tuple[int, int]] = None) -> DataLoader:
+    """A prefetching ``DataLoader`` over aspect-ratio grouped batches (landscape and portrait never mix).
+
+    With ``world = (world_size, rank)`` each rank draws its own ``ims_per_batch`` images per step
+    from one shared, seeded order (rank ``r`` takes chunks ``r, r + R, ...``), so no two ranks train
+    on the same chunk in an epoch.
+    """
+    if world is not None:
+        sampler = DistributedAspectRatioGroupedBatchSampler(dataset.aspect_ratios(), ims_per_batch, num_replicas=world[0],
+                                                            rank=world[1], shuffle=True, seed=seed)
+    else:
+        sampler = AspectRatioGroupedBatchSampler(dataset.aspect_ratios(), ims_per_batch, 1, shuffle=True, seed=seed)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_Collate(stride),
                       persistent_workers=False)
 
@@ -173,6 +185,30 @@ def accumulate_gradients(loss_fn: Callable[[Any], Dict[str, Tensor]], micro_batc
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         sums["total_loss"] = sums.get("total_loss", 0.0) + float(total.detach())
     return sums
+
+
+class _LossNet(nn.Module):
+    """The training forward as one module call, so ``DistributedDataParallel`` sees it.
+
+    DDP all-reduces gradients only for backward passes of its own ``forward``; the loss functions
+    call the model's submodules directly, hence this wrapper.
+    """
+
+    def __init__(self, model: DetectronModel, cfg: TrainConfig, settings: TrainProposalSettings):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.settings = settings
+
+    def forward(self, batch: TrainBatch, rng: SeededSampling) -> Dict[str, Tensor]:
+        return training_losses(self.model, batch, self.cfg, rng, self.settings)
+
+
+def _process_group() -> Optional[Tuple[int, int]]:
+    """``(world_size, rank)`` of an initialized process group of more than one process, else None."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_world_size(), dist.get_rank()
+    return None
 
 
 # ------------------------------------------------------------------------------------------- options
@@ -344,7 +380,13 @@ def _format_eta(seconds: float) -> str:
 
 
 def train(options: TrainOptions) -> TrainResult:
-    """Train (or fine-tune) a Detectron e2e R-CNN on a COCO-format dataset.
+    """Train (or fine-tune) a Detectron e2e R-CNN or RetinaNet on a COCO-format dataset.
+
+    Inside an initialized process group of R processes (``torchrun``, or a ``run_sharded`` worker)
+    this is data-parallel training as Detectron's multi-GPU solver: the model is wrapped with
+    :func:`~detconvert.parallel.distributed.wrap_ddp`, each rank takes ``batch_size / R`` images
+    per step from its shard (losses normalised per rank), gradients are averaged over the ranks,
+    and only rank 0 logs and writes checkpoints. Every rank returns the same parameters.
 
     Raises:
         DetconvertError: bad dataset, weights, checkpoint, flags (``--resume`` without ``--load_ckpt``,
@@ -397,8 +439,13 @@ def train(options: TrainOptions) -> TrainResult:
     batch_size = options.batch_size or original_bs
     if options.batch_size or options.iter_size != 1:
         solver = scale_to_batch_size(solver, original_bs, batch_size, options.iter_size)
-    # The RPN loss normaliser (FPN.add_fpn_rpn_losses) divides by IMS_PER_BATCH: the images per step.
-    tcfg = tcfg.with_(ims_per_batch=batch_size)
+    world = _process_group()
+    world_size, rank = world if world is not None else (1, 0)
+    if batch_size % world_size:
+        raise DetconvertError(f"{batch_size} images per step do not split over {world_size} processes", "--bs")
+    # The RPN loss normaliser (FPN.add_fpn_rpn_losses) divides by IMS_PER_BATCH: the images per step
+    # of one process (Detectron: per GPU, whose gradients are then averaged).
+    tcfg = tcfg.with_(ims_per_batch=batch_size // world_size)
     if options.max_iter is not None:
         solver = solver.with_(max_iter=int(options.max_iter))
     if options.clip_grad_norm:
@@ -425,16 +472,26 @@ def train(options: TrainOptions) -> TrainResult:
         raise DetconvertError("no image has a usable annotation", str(ann))
     data = RoidbImageDataset(roidb, tcfg, spec.conventions.pixel_means, seed=options.seed)
     stride = spec.fpn.coarsest_stride if spec.fpn is not None else 0
-    loader = build_train_loader(data, batch_size, options.num_workers, stride, seed=options.seed)
+    loader = build_train_loader(data, batch_size // world_size, options.num_workers, stride, seed=options.seed,
+                                world=world)
     batches = _endless(loader)
-    rng = SeededSampling(options.seed)
-    writer = _tensorboard(options)
+    rng = SeededSampling(options.seed + rank)
+    is_main = rank == 0
+    writer = _tensorboard(options) if is_main else None
     ckpt_dir = Path(options.output_dir or ".") / "ckpt"
     extra = {"cfg": _jsonable(cfg), "class_names": names, "body_override": dict(options.body_override)}
 
+    net: nn.Module = _LossNet(model, tcfg, proposal_settings)
+    if world is not None:
+        from detconvert.parallel.distributed import wrap_ddp
+
+        # Some parameters get no gradient in a step (e.g. the mask head without foreground RoIs).
+        net = wrap_ddp(net, device, find_unused_parameters=True)
+
     def loss_fn(batch: TrainBatch) -> Dict[str, Tensor]:
         batch.images = batch.images.to(device)
-        return training_losses(model, batch, tcfg, rng, proposal_settings)
+        # DDP averages the ranks' gradients, as Detectron's multi-GPU solver does.
+        return net(batch, rng)
 
     history: List[Dict[str, float]] = []
     last_ckpt: Optional[Path] = None
@@ -456,16 +513,20 @@ def train(options: TrainOptions) -> TrainResult:
                 if key != "step":
                     writer.add_scalar(key, value, step)
         done = step + 1
-        if options.log_period and (done % options.log_period == 0 or done == solver.max_iter):
+        if is_main and options.log_period and (done % options.log_period == 0 or done == solver.max_iter):
             per_iter = record["time"] / max(done - start_step, 1)
             main = ", ".join(f"{k} {v:.4f}" for k, v in sums.items() if k in ("loss_cls", "loss_bbox", "loss_mask", "loss_kps"))
             options.log(f"iter {done}/{solver.max_iter}  total_loss {sums['total_loss']:.4f} ({main})  lr {lr:.6f}  "
                         f"{per_iter:.3f} s/iter  eta {_format_eta(per_iter * (solver.max_iter - done))}")
-        if not options.no_save and options.checkpoint_period and done % options.checkpoint_period == 0 and done < solver.max_iter:
+        if (is_main and not options.no_save and options.checkpoint_period and done % options.checkpoint_period == 0
+                and done < solver.max_iter):
             last_ckpt = ckpt_dir / f"model_step{done}.pth"
             save_checkpoint(last_ckpt, model, optimizer, done, solver, extra)
     model_final: Optional[Path] = None
-    if not options.no_save and solver.max_iter > start_step:
+    # The DDP reducer holds the process group: free it here, before the caller destroys the group.
+    del net, loss_fn
+    gc.collect()
+    if is_main and not options.no_save and solver.max_iter > start_step:
         last_ckpt = ckpt_dir / f"model_step{solver.max_iter}.pth"
         save_checkpoint(last_ckpt, model, optimizer, solver.max_iter, solver, extra)
         model_final = save_model_final(model, names, cfg, Path(options.output_dir or ".") / "model_final.pth")
