@@ -5,6 +5,11 @@ OpenCV (BGR, as Detectron reads them); an unreadable image is skipped with a war
 on. Every picture and the json are written atomically. Pictures are named as Detectron names them:
 ``<image file name>.<ext>`` (``coffee.png`` -> ``coffee.png.png``), so ``a.jpg`` and ``a.png`` never
 collide.
+
+Precomputed-proposal models (Detectron's ``fast_rcnn_*`` configs, no RPN) take their proposals from a
+:data:`ProposalSource`: a proposal file (:func:`file_proposal_source`) or an RPN-only model run on the same
+images (:func:`rpn_proposal_source`). RPN-only models produce proposals, not detections: their pictures
+show the highest-scoring proposals and the proposals go to a Detectron-format proposal file.
 """
 from __future__ import annotations
 
@@ -24,8 +29,11 @@ from detconvert.structures import Detections
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_JSON_NAME = "detections_coco.json"
+DEFAULT_PROPOSALS_NAME = "proposals.pkl"
 
 Log = Callable[[str], None]
+#: ``(image paths, BGR images) -> one [R, 4] proposal array per image`` (original-image pixels, best first).
+ProposalSource = Callable[[List[Path], List[np.ndarray]], List[np.ndarray]]
 
 
 @dataclass
@@ -40,6 +48,8 @@ class InferSummary:
         num_detections: detections written to the json (after ``classes`` filtering).
         json_path: the results json.
         results: the json's records.
+        num_proposals: proposals an RPN-only model produced (all images).
+        proposals_path: the proposal file an RPN-only run wrote.
     """
 
     images: List[Path] = field(default_factory=list)
@@ -49,6 +59,8 @@ class InferSummary:
     num_detections: int = 0
     json_path: Optional[Path] = None
     results: List[Dict[str, Any]] = field(default_factory=list)
+    num_proposals: int = 0
+    proposals_path: Optional[Path] = None
 
 
 def collect_images(inputs: Union[PathLike, Sequence[PathLike]], image_ext: Optional[str] = None) -> List[Path]:
@@ -102,6 +114,82 @@ def assign_image_ids(images: Sequence[Path]) -> List[int]:
     return list(range(1, len(images) + 1))
 
 
+def proposal_file_id(path: Path) -> Union[int, str]:
+    """The id an image has in proposal files we write: its file stem, as an int when it is a number
+    (Detectron's proposal files hold COCO image ids, which are the numbers in COCO file names)."""
+    stem = Path(path).stem
+    return int(stem) if stem.isdigit() else stem
+
+
+def _id_key(value: Any) -> str:
+    # Ids compare as text, with numbers normalised, so 397133, "397133" and "000000397133" are one image.
+    text = str(value.item() if isinstance(value, np.generic) else value).strip()
+    return str(int(text)) if text.isdigit() else text
+
+
+def file_proposal_source(proposals_path: PathLike, images: Sequence[PathLike]) -> ProposalSource:
+    """Proposals for ``images`` from a proposal file (Detectron's pickle or our json, see
+    :func:`detconvert.model.read_proposals`), matched to each image by id = the image's file stem
+    (numbers compared as numbers: ``000000397133.jpg`` is id 397133).
+
+    Every image is looked up before anything runs, so a file that lacks one fails at once.
+
+    Raises:
+        DetconvertError: unreadable file, two entries with the same id, or an image without an entry
+            (the message names the file and the image).
+    """
+    from detconvert.model import read_proposals
+
+    proposals_path = Path(proposals_path)
+    ids, boxes, _ = read_proposals(proposals_path)
+    by_id: Dict[str, np.ndarray] = {}
+    for image_id, image_boxes in zip(ids, boxes):
+        key = _id_key(image_id)
+        if key in by_id:
+            raise DetconvertError(f"two entries for image id {image_id!r}", proposals_path)
+        by_id[key] = image_boxes
+    table: Dict[Path, np.ndarray] = {}
+    for image in images:
+        image = Path(image)
+        key = _id_key(image.stem)
+        if key not in by_id:
+            shown = ", ".join(repr(i) for i in list(ids)[:3]) + (", ..." if len(ids) > 3 else "")
+            raise DetconvertError(
+                f"no proposals for image {image.name} (looked for id {key!r}; the file has {len(ids)} "
+                f"id(s): {shown or 'none'})", proposals_path)
+        table[image] = by_id[key]
+    return lambda paths, _images: [table[Path(p)] for p in paths]
+
+
+def rpn_proposal_source(rpn_predictor: Any) -> ProposalSource:
+    """Proposals computed by an RPN-only predictor on the same images (``--rpn-weights``)."""
+    from detconvert.model import proposals_from_rpn
+
+    return lambda _paths, images: proposals_from_rpn(rpn_predictor, images)
+
+
+def _pipeline(predictor: Any) -> Optional[str]:
+    return getattr(getattr(predictor, "spec", None), "pipeline", None)
+
+
+def check_proposal_inputs(predictor: Any, has_proposals: bool, source: Optional[PathLike] = None) -> None:
+    """A precomputed-proposal model needs a proposal source; a model with its own RPN (or RetinaNet)
+    must not get one.
+
+    Raises:
+        DetconvertError: naming ``source`` (the weight file) and the flags to use or drop.
+    """
+    pipeline = _pipeline(predictor)
+    if pipeline == "precomputed_proposals" and not has_proposals:
+        raise DetconvertError("this model reads precomputed proposals (it has no RPN): pass --proposals FILE "
+                              "or --rpn-weights RPN.pkl", source)
+    if has_proposals and pipeline != "precomputed_proposals":
+        kind = {"rpn_only": "an RPN-only model (it makes proposals)", "retinanet": "a RetinaNet model",
+                "e2e": "an end-to-end model (its own RPN makes the proposals)"}.get(pipeline, "this model")
+        raise DetconvertError(f"--proposals / --rpn-weights are for precomputed-proposal (fast_rcnn) models; "
+                              f"this is {kind}: drop them", source)
+
+
 def filter_classes(dets: Detections, keep: Optional[Iterable[int]]) -> Detections:
     """Only the detections whose contiguous class index is in ``keep`` (None keeps all)."""
     if keep is None:
@@ -145,6 +233,9 @@ def resolve_class_filter(classes: Optional[Sequence[Union[str, int]]], table: Cl
 
 
 def _summary_line(path: Path, dets: Detections, table: ClassTable, thresh: float) -> str:
+    if dets.is_proposals:
+        scores = f", objectness {dets.scores.min():.3f}-{dets.scores.max():.3f}" if len(dets) else ""
+        return f"{path.name}: {len(dets)} proposals{scores}"
     counts: Dict[int, int] = {}
     for c in dets.classes.tolist():
         counts[c] = counts.get(c, 0) + 1
@@ -183,6 +274,9 @@ def infer_images(
     log: Optional[Log] = None,
     warn: Optional[Log] = None,
     predict_paths: Optional[Callable[[List[Path]], List[Optional[Detections]]]] = None,
+    proposals: Optional[ProposalSource] = None,
+    proposals_out: Optional[PathLike] = None,
+    proposals_drawn: int = vis.PROPOSALS_DRAWN,
 ) -> InferSummary:
     """Detect on every image, write Detectron-style pictures and one COCO results json.
 
@@ -207,13 +301,20 @@ def infer_images(
         predict_paths: detect all images at once from their paths (several processes, see
             :mod:`detconvert.parallel.sharded_inference`) instead of ``predictor.predict`` per batch;
             pictures and json are still written here, in input order.
+        proposals: where a precomputed-proposal model's proposals come from (required for such a
+            model, refused for others); see :func:`file_proposal_source`, :func:`rpn_proposal_source`.
+        proposals_out: RPN-only models: the proposal file to write (Detectron's pickle, or json for a
+            ``.json`` name; default ``<output_dir>/proposals.pkl``), ids as :func:`proposal_file_id`.
+        proposals_drawn: RPN-only models: how many of the highest-scoring proposals each picture
+            shows (no class labels; ``thresh`` does not apply to objectness).
 
     Returns:
         An :class:`InferSummary`.
 
     Raises:
-        DetconvertError: missing inputs, empty folder, unknown ``--classes`` name, bad ``ext``, or no
-            image at all could be read.
+        DetconvertError: missing inputs, empty folder, unknown ``--classes`` name, bad ``ext``, no
+            image at all could be read, proposals missing for (or given to) a model, ``proposals_out``
+            for a model that makes no proposals.
     """
     log = log or print
     warn = warn or (lambda message: print(f"detconvert: warning: {message}", file=sys.stderr))
@@ -222,6 +323,14 @@ def infer_images(
         raise DetconvertError(f"unsupported picture format '{ext}' (choose png, jpg or pdf)", "--output-ext")
     if batch_size < 1:
         raise DetconvertError("must be at least 1", "--batch-size")
+    check_proposal_inputs(predictor, proposals is not None, getattr(predictor, "source", None))
+    rpn_only = _pipeline(predictor) == "rpn_only"
+    if proposals_out is not None and not rpn_only:
+        raise DetconvertError("only an RPN-only model writes proposals; this model outputs detections",
+                              "--proposals-out")
+    if predict_paths is not None and proposals is not None:
+        raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",
+                              "--proposals")
     images = collect_images(inputs, image_ext)
     table = class_table or table_from_names(predictor.class_names)
     keep = resolve_class_filter(classes, table)
@@ -229,15 +338,26 @@ def infer_images(
     output_dir = Path(output_dir)
     json_path = Path(json_path) if json_path else output_dir / DEFAULT_JSON_NAME
     summary = InferSummary(json_path=json_path)
+    proposal_ids: List[Union[int, str]] = []
+    proposal_boxes: List[np.ndarray] = []
+    proposal_scores: List[np.ndarray] = []
 
     precomputed = dict(zip(images, predict_paths(images))) if predict_paths is not None else None
 
     def run_batch(batch: List[Tuple[Path, int, np.ndarray]]) -> None:
         if precomputed is not None:
             all_dets = [precomputed[path] for path, _, _ in batch]
+        elif proposals is not None:
+            arrays = [image for _, _, image in batch]
+            all_dets = predictor.predict(arrays, proposals=proposals([path for path, _, _ in batch], arrays))
         else:
             all_dets = predictor.predict([image for _, _, image in batch])
         for (path, image_id, image), dets in zip(batch, all_dets):
+            if dets.is_proposals:
+                proposal_ids.append(proposal_file_id(path))
+                proposal_boxes.append(dets.boxes)
+                proposal_scores.append(dets.scores)
+                summary.num_proposals += len(dets)
             dets = filter_classes(dets, keep)
             summary.images.append(path)
             summary.image_ids.append(image_id)
@@ -250,7 +370,8 @@ def infer_images(
                 log(_summary_line(path, dets, table, thresh))
             if always_out or vis.has_visible(dets, thresh):
                 picture = vis.draw_detections(
-                    image, dets, table.names, thresh=thresh, kp_thresh=kp_thresh, keypoint_names=keypoint_names
+                    image, dets, table.names, thresh=thresh, kp_thresh=kp_thresh, keypoint_names=keypoint_names,
+                    max_proposals=proposals_drawn,
                 )
                 summary.pictures.append(vis.write_picture(picture, output_dir / f"{path.name}.{ext}"))
 
@@ -272,4 +393,10 @@ def infer_images(
     if not summary.images:
         raise DetconvertError(f"none of the {len(images)} image(s) could be read", Path(images[0]).parent)
     write_results(summary.results, json_path)
+    if rpn_only:
+        from detconvert.model import write_proposals
+
+        summary.proposals_path = write_proposals(
+            Path(proposals_out) if proposals_out else output_dir / DEFAULT_PROPOSALS_NAME,
+            proposal_ids, proposal_boxes, proposal_scores)
     return summary

@@ -83,6 +83,9 @@ class Inspection:
     cfg_agrees: Optional[bool] = None  # None: no cfg to compare with
     cfg_disagreements: Tuple[str, ...] = ()
     metadata: Dict[str, str] = field(default_factory=dict)
+    pipeline: Optional[str] = None  # e2e / retinanet / rpn_only / precomputed_proposals, from the blobs
+    inputs: Optional[str] = None  # what the model needs to run, in words
+    outputs: Optional[str] = None  # what it produces
 
     @property
     def momentum_present(self) -> bool:
@@ -106,6 +109,9 @@ class Inspection:
             f", preserved leftovers: {len(self.preserved)}",
             f"kind:        {arch.kind}",
         ]
+        if self.inputs:
+            lines.append(f"inputs:      {self.inputs}")
+            lines.append(f"outputs:     {self.outputs}")
         if arch.depth or arch.block_counts:
             resnet = "ResNeXt" if (arch.num_groups or 1) > 1 else "ResNet"
             body = f"{resnet}-{arch.depth or '?'} blocks {arch.block_counts}"
@@ -361,6 +367,18 @@ def compare_with_cfg(arch: Architecture, cfg: Mapping[str, Any]) -> List[str]:
     return out
 
 
+def pipeline_of(arch: Architecture) -> Optional[str]:
+    """The test pipeline the blobs imply: a box head without RPN blobs reads precomputed proposals
+    (Detectron's fast_rcnn_* models); None for files that are not a runnable network."""
+    if arch.kind == "rpn_only":
+        return "rpn_only"
+    if arch.kind != "detector":
+        return None
+    if arch.retinanet:
+        return "retinanet"
+    return "e2e" if arch.rpn else "precomputed_proposals"
+
+
 def _usable_for(arch: Architecture, flavour: str) -> str:
     if flavour in ("detectron2", "torch", "safetensors") and arch.kind == "unknown":
         return (f"a {flavour} file without Detectron blob names: detconvert's Detectron mappings do not apply; "
@@ -399,6 +417,10 @@ def inspect_weights(wf: WeightFile, with_sha256: bool = False) -> Inspection:
         cfg_summary = summarise_cfg(wf.cfg)
         disagreements = compare_with_cfg(arch, wf.cfg)
         agrees = not disagreements
+    from detconvert.config.model_io import pipeline_io
+
+    pipeline = pipeline_of(arch)
+    inputs, outputs = pipeline_io(pipeline)
     return Inspection(
         path=str(wf.path),
         flavour=wf.flavour,
@@ -416,4 +438,7 @@ def inspect_weights(wf: WeightFile, with_sha256: bool = False) -> Inspection:
         cfg_agrees=agrees,
         cfg_disagreements=tuple(disagreements),
         metadata=describe_metadata(wf),
+        pipeline=pipeline,
+        inputs=inputs,
+        outputs=outputs,
     )

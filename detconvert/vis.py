@@ -14,6 +14,9 @@ class labels switched on, as ``tools/infer_simple.py`` shows them:
   3 px dots, blended with alpha 0.7; a keypoint is shown when its logit is above ``kp_thresh``
   (default 2, as in ``tools/infer_simple.py``) (``vis_keypoints``).
 
+RPN-only proposals (Detectron has no picture for them) are drawn as the same green boxes, the
+:data:`PROPOSALS_DRAWN` highest-scoring ones, each labelled with its objectness score only (no class).
+
 Pictures are written as PNG (default), JPG or PDF. The PDF is a single page holding the picture as a
 lossless (Flate) RGB image, written by :func:`pdf_bytes` (no matplotlib); Detectron's vector PDF is not
 reproduced.
@@ -43,6 +46,8 @@ CONTOUR_COLOR = (255, 255, 255)
 MASK_ALPHA = 0.4
 KEYPOINT_ALPHA = 0.7
 LABEL_FONT_SCALE = 0.35
+# An RPN keeps ~1000-2000 proposals per image; more than a few dozen boxes hide the picture.
+PROPOSALS_DRAWN = 30
 
 # Detectron's colour cycle for masks (utils/colormap.py), RGB in [0, 1], in cycle order.
 DETECTRON_COLORS_RGB: Tuple[Tuple[float, float, float], ...] = (
@@ -187,8 +192,31 @@ def draw_keypoints(
 
 
 def has_visible(dets: Detections, thresh: float) -> bool:
-    """True when at least one detection reaches ``thresh`` (Detectron draws nothing otherwise)."""
+    """True when at least one detection reaches ``thresh`` (Detectron draws nothing otherwise).
+    Proposals are drawn by rank, not by threshold: any proposal makes a picture."""
+    if dets.is_proposals:
+        return len(dets) > 0
     return len(dets) > 0 and float(np.max(dets.scores)) >= thresh
+
+
+def proposal_label(score: float) -> str:
+    """``".87"``: a proposal's objectness, written like a class label's score."""
+    return f"{score:0.2f}".lstrip("0")
+
+
+def draw_proposals(image: np.ndarray, dets: Detections, max_proposals: int = PROPOSALS_DRAWN) -> np.ndarray:
+    """The ``max_proposals`` highest-scoring proposals as green boxes with their score; a new array."""
+    out = np.array(image, copy=True)
+    if len(dets) == 0 or max_proposals <= 0:
+        return out
+    top = np.argsort(-np.asarray(dets.scores), kind="stable")[:max_proposals]
+    boxes = np.asarray(dets.boxes, dtype=np.float64)
+    # Largest first, as for detections, so small boxes and their labels stay on top.
+    areas = (boxes[top, 2] - boxes[top, 0]) * (boxes[top, 3] - boxes[top, 1])
+    for i in top[np.argsort(-areas, kind="stable")]:
+        out = draw_box(out, boxes[i])
+        out = draw_label(out, boxes[i, 0], boxes[i, 1] - 2, proposal_label(float(dets.scores[i])))
+    return out
 
 
 def draw_detections(
@@ -202,6 +230,7 @@ def draw_detections(
     show_class: bool = True,
     mask_alpha: float = MASK_ALPHA,
     keypoint_names: Sequence[str] = COCO_KEYPOINT_NAMES,
+    max_proposals: int = PROPOSALS_DRAWN,
 ) -> np.ndarray:
     """Draw one image's detections in Detectron's look; returns a new BGR uint8 array.
 
@@ -215,9 +244,13 @@ def draw_detections(
         show_class: draw ``"<name> <score>"`` labels.
         mask_alpha: mask blend weight.
         keypoint_names: names of the keypoint channels (COCO person by default).
+        max_proposals: RPN-only proposals: how many of the highest-scoring are drawn (see
+            :func:`draw_proposals`; ``thresh`` and ``show_class`` do not apply).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a BGR uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
+    if dets.is_proposals:
+        return draw_proposals(image, dets, max_proposals)
     out = np.array(image, copy=True)
     if not has_visible(dets, thresh):
         return out
@@ -232,7 +265,7 @@ def draw_detections(
             continue
         if show_box:
             out = draw_box(out, boxes[i])
-        if show_class and not dets.is_proposals:
+        if show_class:
             out = draw_label(out, boxes[i, 0], boxes[i, 1] - 2, class_label(int(dets.classes[i]), score, class_names))
         if dets.masks is not None:
             mask = _decode_mask(dets.masks[i])

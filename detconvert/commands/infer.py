@@ -111,7 +111,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--verbose", action="store_true", help="one summary line per image")
     group.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar (it is shown only on a terminal anyway)")
+    add_proposal_arguments(parser)
     add_parallel_arguments(parser)
+
+
+def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
+    """Proposal inputs of precomputed-proposal models and the proposal output of RPN-only models."""
+    from detconvert.vis import PROPOSALS_DRAWN
+
+    group = parser.add_argument_group("proposals (fast_rcnn / RPN-only models)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--proposals", metavar="FILE",
+                        help="precomputed-proposal models: Detectron's proposal pickle or a detconvert proposal "
+                             "json; entries are matched to images by id = image file stem")
+    source.add_argument("--rpn-weights", "--rpn_weights", dest="rpn_weights", metavar="RPN.pkl",
+                        help="precomputed-proposal models: an RPN-only Detectron weight file whose proposals "
+                             "feed the model (same --set overrides and --device)")
+    group.add_argument("--proposals-out", "--proposals_out", dest="proposals_out", metavar="FILE",
+                       help="RPN-only models: proposal file to write (Detectron pickle, or json for *.json; "
+                            "default OUTPUT_DIR/proposals.pkl)")
+    group.add_argument("--proposals-drawn", "--proposals_drawn", dest="proposals_drawn", type=int,
+                       default=PROPOSALS_DRAWN, metavar="N",
+                       help=f"RPN-only models: highest-scoring proposals drawn per picture (default {PROPOSALS_DRAWN})")
+
+
+def proposal_source_from_args(args: argparse.Namespace, predictor: Any, from_file: Any = None):
+    """The library's proposal source for ``--proposals`` (``from_file``, already read) or ``--rpn-weights``
+    (None without either).
+
+    The model's needs are checked first, so a wrong pairing fails before an RPN file is read.
+    """
+    from detconvert.infer import check_proposal_inputs, rpn_proposal_source
+
+    check_proposal_inputs(predictor, bool(args.proposals or args.rpn_weights), getattr(predictor, "source", None))
+    if from_file is not None:
+        return from_file
+    if args.rpn_weights:
+        from detconvert.model import load_model
+
+        rpn = load_model(args.rpn_weights, device=args.device or predictor.device,
+                         overrides=override_pairs(args.set_cfgs))
+        if rpn.spec.pipeline != "rpn_only":
+            raise DetconvertError(f"not an RPN-only weight file (it is a {rpn.spec.pipeline} model); "
+                                  "--rpn-weights takes e.g. an rpn_R-50-FPN model_final.pkl", args.rpn_weights)
+        return rpn_proposal_source(rpn)
+    return None
 
 
 def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,8 +187,13 @@ def run(args: argparse.Namespace) -> int:
     inputs = [*args.im_or_folder, *args.image_dirs, *args.images]
     if not inputs:
         raise DetconvertError("no images given: pass IMAGE_OR_FOLDER, --image_dir DIR or --images FILE ...")
-    collect_images(inputs, args.image_ext)  # missing paths and empty folders fail before the weights load
+    images = collect_images(inputs, args.image_ext)  # missing paths and empty folders fail before the weights load
+    if args.proposals_drawn < 0:
+        raise DetconvertError(f"must be >= 0, got {args.proposals_drawn}", "--proposals-drawn")
     predict_paths = sharded_predict_paths(args)
+    if predict_paths is not None and (args.proposals or args.rpn_weights):
+        raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",
+                              "--proposals" if args.proposals else "--rpn-weights")
     if predict_paths is not None:
         from detconvert.parallel.distributed import is_main_process, torchrun_environment
 
@@ -152,7 +201,13 @@ def run(args: argparse.Namespace) -> int:
             predict_paths(collect_images(inputs, args.image_ext))  # compute our shard; rank 0 writes
             return 0
         args.device = "cpu"  # the workers compute; this process only needs names and the spec
+    from_file = None
+    if args.proposals:  # a file that lacks an image fails here, before the weights load
+        from detconvert.infer import file_proposal_source
+
+        from_file = file_proposal_source(args.proposals, images)
     predictor = load_predictor(args)
+    proposals = proposal_source_from_args(args, predictor, from_file)
     summary = infer_images(
         predictor,
         inputs,
@@ -169,10 +224,12 @@ def run(args: argparse.Namespace) -> int:
         image_ext=args.image_ext,
         class_table=class_table_from_args(args, predictor),
         predict_paths=predict_paths,
+        proposals=proposals,
+        proposals_out=args.proposals_out,
+        proposals_drawn=args.proposals_drawn,
     )
     skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
-    print(
-        f"{len(summary.images)} images{skipped}: {len(summary.pictures)} pictures in {args.output_dir}, "
-        f"{summary.num_detections} detections in {summary.json_path}"
-    )
+    written = (f"{summary.num_proposals} proposals in {summary.proposals_path}" if summary.proposals_path
+               else f"{summary.num_detections} detections in {summary.json_path}")
+    print(f"{len(summary.images)} images{skipped}: {len(summary.pictures)} pictures in {args.output_dir}, {written}")
     return 0

@@ -339,6 +339,9 @@ def explain(spec: ArchSpec) -> str:
         "retinanet": "one-stage RetinaNet",
     }[spec.pipeline]
     lines.append(f"Detectron {spec.meta_arch} network, {pipe}.")
+    from detconvert.config.model_io import io_lines
+
+    lines.extend(io_lines(spec.pipeline))
     lines.append(
         f"Body: {family} ({'-'.join(map(str, b.block_counts))} blocks), res2..res{b.last_stage}, {norm}, "
         f"stride on the {'1x1' if b.stride_1x1 else '3x3'} conv, frozen up to {'nothing' if b.freeze_at == 0 else f'res{b.freeze_at}'}"
