@@ -1,8 +1,10 @@
 """A synthetic "shapes" dataset in COCO format: coloured circles, squares and triangles.
 
 Every image is a flat, slightly noisy background with a few non-overlapping filled shapes; each
-shape's segmentation is the polygon that was drawn (``cv2.fillPoly`` of the same points), so the
-masks are exact. The dataset is deterministic in its seed. It serves the CPU overfitting test and
+shape's segmentation is its polygon, and the pixels drawn are that polygon rasterised by pycocotools
+(the rasteriser COCO evaluation uses), so the ground-truth masks are exactly the painted pixels.
+``cv2.fillPoly`` of the same points paints about a pixel more around the edge (mask IoU 0.91 on
+average against the annotation), which would cap mask AP@[.5:.95] near 0.9 for any model. The dataset is deterministic in its seed. It serves the CPU overfitting test and
 the tiny model shipped with ``detconvert demo``.
 """
 from __future__ import annotations
@@ -88,9 +90,11 @@ def make_shapes_image(
             continue
         poly = _polygon(name, cx, cy, r, rng.uniform(0, math.pi / 2))
         colour = _COLOURS[rng.randint(len(_COLOURS))]
-        cv2.fillPoly(image, [np.round(poly).astype(np.int32)], tuple(int(c) for c in colour))
+        shape = ShapeInstance(name, tuple(float(round(v, 2)) for v in np.round(poly).reshape(-1)))
+        inside = mask_util.decode(mask_util.frPyObjects([list(shape.polygon)], size, size))[:, :, 0].astype(bool)
+        image[inside] = colour
         placed.append((cx, cy, r))
-        shapes.append(ShapeInstance(name, tuple(float(round(v, 2)) for v in np.round(poly).reshape(-1))))
+        shapes.append(shape)
     return image, shapes
 
 
