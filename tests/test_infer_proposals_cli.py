@@ -242,3 +242,17 @@ def test_inspect_cli_on_the_rpn_weight_file(weights_factory, capsys):
     assert cli.main(["inspect", "--no-hash", "--json", str(weights_factory(RPN_FPN))]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["pipeline"] == "rpn_only" and data["inputs"] == "image"
+
+
+def test_proposals_out_needs_an_rpn_only_model(tmp_path, monkeypatch, capsys):
+    from detconvert.commands import infer as infer_command
+    from tests.test_infer_cli import FakePredictor, _write_images
+
+    monkeypatch.setattr(infer_command, "load_predictor", lambda args: FakePredictor())  # an e2e model
+    folder = _write_images(tmp_path / "imgs", names=("a.png",))
+    argv = ["infer", str(folder), "--output_dir", str(tmp_path / "out"), "--proposals-out", str(tmp_path / "p.pkl")]
+    assert cli.main(argv) == 2
+    assert _one_line_error(capsys.readouterr().err) == (
+        "detconvert infer: error: --proposals-out: only an RPN-only model writes proposals; "
+        "this model outputs detections")
+    assert not (tmp_path / "p.pkl").exists()
