@@ -2,7 +2,14 @@
 
 Seeded and deterministic. The model is Detectron's R-50-FPN Mask R-CNN layout (GN body, FPN, RPN on
 P2-P6, 2-MLP box head, v1up mask head) with 1 block per stage and narrow widths
-(:data:`~detconvert.train.shapes.TINY_BODY`, FPN.DIM 32), trained at 128 px on 4 images.
+(:data:`~detconvert.train.shapes.TINY_BODY`, FPN.DIM 32), trained at 128 px on 4 images of 1-3
+shapes with circumradius 16-30 px, the mask head at Detectron's 28x28 resolution (RoIAlign 14x14).
+
+Why not smaller shapes or 14x14 masks: Detectron's mask targets are computed in the proposal box
+without its ``+1`` width while the test-time paste uses the ``+1`` box (a ~1 px scale mismatch kept
+for exact numerics), and a 14x14 mask spans ~3 px per cell; both cost mask IoU at the image edge of
+small shapes, and AP@[.5:.95] needs IoU above 0.95 for its last threshold (measured with radius
+10-26 px and 14x14 masks: mask IoUs 0.90-0.95, mask AP exactly 0.90).
 """
 from __future__ import annotations
 
@@ -17,15 +24,19 @@ from detconvert.train.shapes import TINY_BODY, TINY_SHAPES_CFG, write_shapes_dat
 from detconvert.train.trainer import TrainOptions, train
 
 NUM_IMAGES = 4
-MAX_ITER = 250
-#: Training schedule of the test: BASE_LR 0.02 (x0.1 at 200), warm-up 30 its, gradient norm clipped at 5.
-OVERRIDES = [("SOLVER.BASE_LR", "0.02"), ("SOLVER.STEPS", "[0, 200]"), ("TRAIN.USE_FLIPPED", "False")]
+MIN_RADIUS, MAX_RADIUS = 16.0, 30.0
+MAX_ITER = 350
+#: Training schedule of the test: BASE_LR 0.02 (x0.1 at 250, x0.01 at 320), warm-up 30 its, gradient
+#: norm clipped at 5; 28x28 mask targets.
+OVERRIDES = [("SOLVER.BASE_LR", "0.02"), ("SOLVER.STEPS", "[0, 250, 320]"), ("TRAIN.USE_FLIPPED", "False"),
+             ("MRCNN.RESOLUTION", "28"), ("MRCNN.ROI_XFORM_RESOLUTION", "14")]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("overfit")
-    ann, image_dir = write_shapes_dataset(root / "shapes", num_images=NUM_IMAGES, seed=0)
+    ann, image_dir = write_shapes_dataset(root / "shapes", num_images=NUM_IMAGES, seed=0, min_radius=MIN_RADIUS,
+                                          max_radius=MAX_RADIUS)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -45,10 +56,10 @@ def test_total_loss_drops_tenfold(trained):
 
 
 def test_trained_model_detects_its_training_shapes(trained):
-    """COCO AP of boxes and masks on the training images, through the test pipeline (``Predictor``).
+    """COCO AP@[.5:.95] of boxes and masks on the training images, through the test pipeline (``Predictor``).
 
-    AP50 >= 0.9 for boxes and masks, and box AP (IoU 0.50:0.95) >= 0.8 (measured: box AP 0.90,
-    mask AP 0.86, both AP50 1.0).
+    Both >= 0.9 (pycocotools). Measured: box AP 0.969, mask AP 0.923 (AP75 1.0 for both; the 9
+    training shapes' mask IoUs 0.91-0.96).
     """
     result, ann, image_dir = trained
     predictor = Predictor(result.model, result.class_names, torch.device("cpu"))
@@ -59,8 +70,7 @@ def test_trained_model_detects_its_training_shapes(trained):
         dets = predictor.predict(str(image_dir / image["file_name"]))[0]
         records += detections_to_coco(dets, image["id"], table)
     report = evaluate_results(coco_gt, records, ["bbox", "segm"], log=None, warn=lambda m: None)
-    assert report.stats["bbox"]["AP50"] >= 0.9 and report.stats["segm"]["AP50"] >= 0.9, report.stats
-    assert report.stats["bbox"]["AP"] >= 0.8, report.stats
+    assert report.stats["bbox"]["AP"] >= 0.9 and report.stats["segm"]["AP"] >= 0.9, report.stats
 
 
 def _polygon_mask(polygon, size):
