@@ -7,6 +7,9 @@ differ; only rank 0 writes checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from detconvert.train.shapes import TINY_BODY, TINY_SHAPES_CFG, write_shapes_dat
 from detconvert.train.trainer import TrainOptions, train
 
 ITERS = 3
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _train_rank(context: WorkerContext, job: str) -> dict:
@@ -64,3 +68,19 @@ def test_two_cpu_processes_end_with_identical_parameters(tmp_path):
     init_for_training(initial, seed=3)
     start = initial.box_predictor.cls_score.weight.detach().numpy()
     assert np.abs(first["params"]["box_predictor.cls_score.weight"] - start).max() > 1e-6
+
+
+def test_torchrun_launch_trains_with_one_report_and_one_checkpoint(tmp_path):
+    """``torchrun --nproc-per-node 2 tools/train_net_step.py``: the ranks join the launcher's group."""
+    ann, _ = write_shapes_dataset(tmp_path / "shapes", num_images=4, seed=0)
+    (tmp_path / "tiny.yaml").write_text(TINY_SHAPES_CFG)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(REPO / "tools" / "train_net_step.py"), "--cfg", "tiny.yaml", "--dataset", str(ann), "--bs", "2",
+           "--max-iter", "2", "--output_dir", "out", "--log-period", "1", "--set", "SOLVER.BASE_LR", "0.001"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained  2 iterations from step 0") == 1, proc.stdout
+    assert proc.stderr.count("iter 2/2") == 1
+    assert sorted(p.name for p in (tmp_path / "out" / "ckpt").iterdir()) == ["model_step2.pth"]
+    assert torch.load(tmp_path / "out" / "ckpt" / "model_step2.pth", weights_only=True)["step"] == 2

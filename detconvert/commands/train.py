@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detconvert.train.trainer import TrainOptions, train
+    from detconvert.train.trainer import TrainOptions, train_launched
 
     if args.iter_size < 1:
         raise DetconvertError(f"must be >= 1, got {args.iter_size}", "--iter_size")
@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         max_iter=args.max_iter, device=args.device, seed=args.seed, log_period=args.log_period,
         checkpoint_period=args.checkpoint_period,
     )
-    result = train(options)
+    result = train_launched(options)
+    if result.rank != 0:
+        return 0
     for line in result.surgery:
         print(f"surgery  {line}")
     steps = len(result.history)

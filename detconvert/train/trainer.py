@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -55,6 +56,7 @@ __all__ = [
     "export_detectron_pickle",
     "save_model_final",
     "train",
+    "train_launched",
 ]
 
 
@@ -287,6 +289,8 @@ class TrainResult:
     surgery: List[str] = field(default_factory=list)
     #: ``<output_dir>/model_final.pth``: the trained detector for :func:`detconvert.load_model`.
     model_final: Optional[Path] = None
+    #: This process's rank (0 outside a process group): only rank 0 reports.
+    rank: int = 0
 
 
 def _translated_cfg(options: TrainOptions, num_classes: Optional[int]) -> Dict[str, Any]:
@@ -534,7 +538,32 @@ def train(options: TrainOptions) -> TrainResult:
         writer.close()
     model.eval()
     return TrainResult(model, names, cfg, history, last_ckpt, start_step, time.perf_counter() - start_time,
-                       surgery_lines, model_final)
+                       surgery_lines, model_final, rank)
+
+
+def train_launched(options: TrainOptions) -> TrainResult:
+    """:func:`train`, joining the process group of a ``torchrun`` launch when there is one.
+
+    Under ``torchrun --nproc-per-node N`` every process calls this; they form the group from the
+    launcher's environment (gloo on the CPU, nccl with ``--device cuda``, each process on
+    ``cuda:<LOCAL_RANK>``), train data-parallel and leave the group together. Without a launcher
+    (or with a group already initialized) it is :func:`train`.
+    """
+    from detconvert.parallel.distributed import torchrun_environment
+
+    if not torchrun_environment() or dist.is_initialized():
+        return train(options)
+    cuda = torch.device(options.device).type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    try:
+        if cuda:
+            options = dataclasses.replace(options, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        result = train(options)
+        # No rank tears its connections down while another still talks over them.
+        dist.barrier()
+        return result
+    finally:
+        dist.destroy_process_group()
 
 
 def _class_surgery(model: DetectronModel, names: List[str], cfg: Dict[str, Any], options: TrainOptions,
