@@ -99,6 +99,7 @@ def evaluate_dataset(
     log: Optional[Log] = print,
     warn: Optional[Log] = None,
     predict_paths: Optional[Callable[[List[Path]], List[Any]]] = None,
+    proposals: Optional[Callable[[List[Path], List[np.ndarray]], List[np.ndarray]]] = None,
 ) -> EvalReport:
     """Detect on every annotated image, write the results json, evaluate with pycocotools.
 
@@ -117,6 +118,8 @@ def evaluate_dataset(
         warn: receives warnings (default: stderr).
         predict_paths: detect all images at once from their paths on several processes
             (:mod:`detconvert.parallel.sharded_inference`) instead of ``predictor.predict``.
+        proposals: for precomputed-proposal models, ``proposals(paths, images) -> [R, 4] boxes per
+            image`` (:func:`detconvert.infer.file_proposal_source` / ``rpn_proposal_source``).
 
     Raises:
         DetconvertError: missing image folder, unreadable annotations, no readable image.
@@ -141,7 +144,7 @@ def evaluate_dataset(
     if not entries:
         raise DetconvertError("the annotations list no images", annotations)
     results: List[dict] = []
-    batch: List[Tuple[int, np.ndarray]] = []
+    batch: List[Tuple[int, Path, np.ndarray]] = []
     done = 0
 
     precomputed = None
@@ -151,10 +154,12 @@ def evaluate_dataset(
 
     def run_batch() -> None:
         if precomputed is not None:
-            all_dets = [precomputed[image_id] for image_id, _ in batch]
+            all_dets = [precomputed[image_id] for image_id, _, _ in batch]
         else:
-            all_dets = predictor.predict([image for _, image in batch])
-        for (image_id, _), dets in zip(batch, all_dets):
+            images = [image for _, _, image in batch]
+            given = proposals([path for _, path, _ in batch], images) if proposals is not None else None
+            all_dets = predictor.predict(images, proposals=given) if given is not None else predictor.predict(images)
+        for (image_id, _, _), dets in zip(batch, all_dets):
             results.extend(detections_to_coco(dets, image_id, table, keypoint_confidence=keypoint_confidence))
 
     for entry in _progress(entries, len(entries), progress):
@@ -163,7 +168,7 @@ def evaluate_dataset(
         if image is None:
             warn(f"{path}: missing or unreadable; skipped (its annotations count as missed)")
             continue
-        batch.append((entry["id"], image))
+        batch.append((entry["id"], path, image))
         done += 1
         if len(batch) == batch_size:
             run_batch()

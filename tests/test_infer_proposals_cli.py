@@ -256,3 +256,35 @@ def test_proposals_out_needs_an_rpn_only_model(tmp_path, monkeypatch, capsys):
         "detconvert infer: error: --proposals-out: only an RPN-only model writes proposals; "
         "this model outputs detections")
     assert not (tmp_path / "p.pkl").exists()
+
+
+@requires_shared
+def test_eval_runs_a_precomputed_proposal_model_on_a_proposal_file(rpn_run, small_images, weights_factory,
+                                                                   tmp_path, capsys):
+    """``detconvert eval --proposals``: the same detections as ``infer --proposals``; without them, exit 2."""
+    from detconvert.datasets import COCO_CATEGORY_IDS, COCO_CLASSES
+
+    model = ["--wts", str(weights_factory(MASK_FPN)), "--cfg", str(config_yaml_path(FAST_RCNN)), *SMALL]
+    proposals = rpn_run[0] / "proposals.pkl"
+    assert cli.main(["infer", str(small_images), "--output_dir", str(tmp_path / "infer"), "--proposals",
+                     str(proposals), *model]) == 0
+    inferred = _records(tmp_path / "infer" / "detections_coco.json")
+    best = max(inferred, key=lambda r: r["score"])
+    annotations = tmp_path / "ann.json"
+    annotations.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "coffee.png", "height": 200, "width": 300}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": best["category_id"], "bbox": best["bbox"],
+                         "area": best["bbox"][2] * best["bbox"][3], "iscrowd": 0}],
+        "categories": [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)],
+    }))
+    evaluate = ["eval", "--annotations", str(annotations), "--image_dir", str(small_images), "--no-progress"]
+    assert cli.main([*evaluate, "--output_dir", str(tmp_path / "eval"), "--proposals", str(proposals), *model]) == 0
+    evaluated = _records(tmp_path / "eval" / "detections_coco.json")
+    assert len(evaluated) == len(inferred) > 0
+    for a, b in zip(evaluated, inferred):
+        assert a["category_id"] == b["category_id"]
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=BOX_ATOL, rtol=0)
+        assert abs(a["score"] - b["score"]) <= SCORE_ATOL
+    capsys.readouterr()
+    assert cli.main([*evaluate, "--output_dir", str(tmp_path / "none"), *model]) == 2
+    assert "--proposals FILE or --rpn-weights RPN.pkl" in _one_line_error(capsys.readouterr().err)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from detconvert.commands.infer import (
     add_model_arguments,
+    add_proposal_source_arguments,
     add_parallel_arguments,
     class_table_from_args,
     load_predictor,
+    proposal_source_from_args,
     sharded_predict_paths,
 )
 from detconvert.errors import DetconvertError
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="what to evaluate (default: everything the results and annotations have)")
     group.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar (it is shown only on a terminal anyway)")
+    add_proposal_source_arguments(parser)
     add_parallel_arguments(parser)
 
 
@@ -50,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.image_dir:
             raise DetconvertError("needs --image_dir DIR (or --results FILE to evaluate an existing json)")
         predict_paths = sharded_predict_paths(args)
+        if predict_paths is not None and (args.proposals or args.rpn_weights):
+            raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",
+                                  "--proposals" if args.proposals else "--rpn-weights")
         if predict_paths is not None:
             from detconvert.parallel.distributed import is_main_process, torchrun_environment
 
@@ -60,7 +66,15 @@ def run(args: argparse.Namespace) -> int:
                 predict_paths([Path(args.image_dir) / e["file_name"] for e in sorted(entries, key=lambda e: e["id"])])
                 return 0  # our shard is computed; rank 0 evaluates
             args.device = "cpu"  # the workers compute; this process only needs names and the spec
+        from_file = None
+        if args.proposals:  # a file that lacks an annotated image fails here, before the weights load
+            from detconvert.coco import load_annotations
+            from detconvert.infer import file_proposal_source
+
+            entries = load_annotations(args.annotations).dataset["images"]
+            from_file = file_proposal_source(args.proposals, [Path(args.image_dir) / e["file_name"] for e in entries])
         predictor = load_predictor(args)
+        proposals = proposal_source_from_args(args, predictor, from_file)
         report = evaluate_dataset(
             predictor,
             args.image_dir,
@@ -72,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             class_table=class_table_from_args(args, predictor),
             progress=args.progress,
             predict_paths=predict_paths,
+            proposals=proposals,
         )
     headline = ", ".join(f"{kind} AP {stats['AP'] * 100:.1f}" for kind, stats in report.stats.items())
     print(f"summary: {headline or 'nothing evaluated'}" + (f" ({report.results_path})" if report.results_path else ""))

@@ -115,11 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_parallel_arguments(parser)
 
 
-def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
-    """Proposal inputs of precomputed-proposal models and the proposal output of RPN-only models."""
-    from detconvert.vis import PROPOSALS_DRAWN
-
-    group = parser.add_argument_group("proposals (fast_rcnn / RPN-only models)")
+def add_proposal_source_arguments(parser: argparse.ArgumentParser, title: str = "proposals (fast_rcnn models)"):
+    """``--proposals FILE`` | ``--rpn-weights RPN.pkl`` (shared by ``infer`` and ``eval``); returns the group."""
+    group = parser.add_argument_group(title)
     source = group.add_mutually_exclusive_group()
     source.add_argument("--proposals", metavar="FILE",
                         help="precomputed-proposal models: Detectron's proposal pickle or a detconvert proposal "
@@ -127,6 +125,14 @@ def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--rpn-weights", "--rpn_weights", dest="rpn_weights", metavar="RPN.pkl",
                         help="precomputed-proposal models: an RPN-only Detectron weight file whose proposals "
                              "feed the model (same --set overrides and --device)")
+    return group
+
+
+def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
+    """Proposal inputs of precomputed-proposal models and the proposal output of RPN-only models."""
+    from detconvert.vis import PROPOSALS_DRAWN
+
+    group = add_proposal_source_arguments(parser, "proposals (fast_rcnn / RPN-only models)")
     group.add_argument("--proposals-out", "--proposals_out", dest="proposals_out", metavar="FILE",
                        help="RPN-only models: proposal file to write (Detectron pickle, or json for *.json; "
                             "default OUTPUT_DIR/proposals.pkl)")
