@@ -88,12 +88,14 @@ def backbone_spec_from_blobs(blobs: Dict[str, Any], source: Optional[PathLike] =
     )
 
 
-def _state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+def portable_state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """``module``'s state on the CPU, every tensor its own contiguous copy (ready to serialise)."""
     # safetensors refuses shared or non-contiguous storage: give every tensor its own contiguous copy.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def _serialise(state: Dict[str, torch.Tensor], metadata: Dict[str, str], fmt: str) -> bytes:
+def serialise_state(state: Dict[str, torch.Tensor], metadata: Dict[str, str], fmt: str) -> bytes:
+    """The bytes of a detconvert checkpoint (``safetensors`` or ``pth``) with its metadata."""
     if fmt == "safetensors":
         from safetensors.torch import save
 
@@ -193,8 +195,8 @@ def convert_weights(
             f"a {wf.flavour} file: 'detconvert weights' converts Detectron pickles (model_final.pkl or an "
             "ImageNet R-50.pkl)", src)
 
-    state = _state_dict(module)
-    payload = _serialise(state, metadata, fmt)
+    state = portable_state_dict(module)
+    payload = serialise_state(state, metadata, fmt)
     with atomic_write(out, "wb", force=force) as handle:
         handle.write(payload)
     return ConvertResult(

@@ -10,7 +10,7 @@ from pycocotools import mask as mask_util
 from safetensors.torch import save_file
 
 from detconvert.cli import main
-from detconvert.convert import _state_dict
+from detconvert.convert import portable_state_dict
 from detconvert.model import CHECKPOINT_FORMAT
 
 
@@ -23,7 +23,7 @@ def shapes_checkpoint(tmp_path_factory):
     predictor = load_shapes_model()
     root = tmp_path_factory.mktemp("sharded")
     path = root / "shapes.safetensors"
-    save_file(_state_dict(predictor.model), str(path), metadata={
+    save_file(portable_state_dict(predictor.model), str(path), metadata={
         "format": CHECKPOINT_FORMAT, "kind": "detector",
         "spec": json.dumps(predictor.spec.to_dict()), "class_names": json.dumps(predictor.class_names),
     })

@@ -151,7 +151,7 @@ def _rewrite_checkpoint(wf, fmt: str, out: Path, *, cfg, dataset, overrides, for
     """A detconvert checkpoint in the other format (same tensors, same metadata)."""
     import torch
 
-    from detconvert.convert import _serialise  # the one writer of detconvert checkpoints
+    from detconvert.convert import serialise_state  # the one writer of detconvert checkpoints
     from detconvert.io.atomic import atomic_write
 
     if cfg is not None or dataset or overrides:
@@ -161,7 +161,7 @@ def _rewrite_checkpoint(wf, fmt: str, out: Path, *, cfg, dataset, overrides, for
         raise DetconvertError("output would overwrite the source file; pass another -o", out)
     state = {k: torch.from_numpy(v).contiguous() for k, v in wf.blobs.items()}
     metadata = {k: str(v) for k, v in wf.metadata.items()}
-    payload = _serialise(state, metadata, fmt)
+    payload = serialise_state(state, metadata, fmt)
     with atomic_write(out, "wb", force=force) as handle:
         handle.write(payload)
     return ExportReport(target=fmt, outputs=[out], num_tensors=len(state),

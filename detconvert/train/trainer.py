@@ -596,7 +596,7 @@ def save_model_final(model: DetectronModel, class_names: Sequence[str], cfg: Map
     :func:`detconvert.load_model` rebuilds the network from the stored spec, so a body no Detectron
     key describes (``body_override``) loads too; the class names travel with it. Written atomically.
     """
-    from detconvert.convert import _serialise, _state_dict
+    from detconvert.convert import serialise_state, portable_state_dict
     from detconvert import __version__
     from detconvert.io.atomic import atomic_write
     from detconvert.model import CHECKPOINT_FORMAT
@@ -613,7 +613,7 @@ def save_model_final(model: DetectronModel, class_names: Sequence[str], cfg: Map
         "cfg_json": json.dumps(_jsonable(cfg)),
     }
     with atomic_write(path, "wb") as handle:
-        handle.write(_serialise(_state_dict(model), metadata, "pth"))
+        handle.write(serialise_state(portable_state_dict(model), metadata, "pth"))
     return Path(path)
 
 
@@ -639,11 +639,11 @@ def export_detectron_pickle(model: DetectronModel, cfg_text: str, path: PathLike
     protocol-2 byte format of Detectron's ``save_object``; the file is written atomically and
     reads back through :func:`detconvert.io.weights.load_weights` / ``load_detectron_blobs``.
     """
-    from detconvert.demo import _Py2PickleWriter
+    from detconvert.io.py2_pickle_writer import Py2PickleWriter
     from detconvert.io.atomic import atomic_write
 
     state = model.state_dict()
     blobs = {blob: state[name].detach().cpu().numpy().astype(np.float32) for name, blob in model.blob_table().items()}
     with atomic_write(path, "wb") as handle:
-        _Py2PickleWriter(handle).dump({"blobs": blobs, "cfg": cfg_text})
+        Py2PickleWriter(handle).dump({"blobs": blobs, "cfg": cfg_text})
     return Path(path)
