@@ -161,6 +161,35 @@ def write_shapes_dataset(
     return ann, image_dir
 
 
+#: Solver, training and test sizes shared by the tiny Mask and Keypoint R-CNN configs below.
+_TINY_RCNN_SCHEDULE = """\
+SOLVER:
+  WEIGHT_DECAY: 0.0001
+  LR_POLICY: steps_with_decay
+  BASE_LR: 0.02
+  GAMMA: 0.1
+  MAX_ITER: 300
+  STEPS: [0, 240]
+  WARM_UP_ITERS: 30
+  WARM_UP_FACTOR: 0.1
+TRAIN:
+  SCALES: (128,)
+  MAX_SIZE: 128
+  IMS_PER_BATCH: 2
+  BATCH_SIZE_PER_IM: 64
+  RPN_BATCH_SIZE_PER_IM: 64
+  RPN_PRE_NMS_TOP_N: 1000
+  RPN_POST_NMS_TOP_N: 200
+  FREEZE_AT: 0
+TEST:
+  SCALE: 128
+  MAX_SIZE: 128
+  NMS: 0.5
+  RPN_PRE_NMS_TOP_N: 1000
+  RPN_POST_NMS_TOP_N: 200
+  DETECTIONS_PER_IM: 20
+"""
+
 #: A TINY Detectron-architecture Mask R-CNN for the shapes (R-50-FPN layout, GN body, narrow widths):
 #: every key is Detectron's; only the body widths and block counts below (:data:`TINY_BODY`) are
 #: beyond what a Detectron config can say.
@@ -200,32 +229,7 @@ MRCNN:
   DIM_REDUCED: 32
   DILATION: 1
   CONV_INIT: MSRAFill
-SOLVER:
-  WEIGHT_DECAY: 0.0001
-  LR_POLICY: steps_with_decay
-  BASE_LR: 0.02
-  GAMMA: 0.1
-  MAX_ITER: 300
-  STEPS: [0, 240]
-  WARM_UP_ITERS: 30
-  WARM_UP_FACTOR: 0.1
-TRAIN:
-  SCALES: (128,)
-  MAX_SIZE: 128
-  IMS_PER_BATCH: 2
-  BATCH_SIZE_PER_IM: 64
-  RPN_BATCH_SIZE_PER_IM: 64
-  RPN_PRE_NMS_TOP_N: 1000
-  RPN_POST_NMS_TOP_N: 200
-  FREEZE_AT: 0
-TEST:
-  SCALE: 128
-  MAX_SIZE: 128
-  NMS: 0.5
-  RPN_PRE_NMS_TOP_N: 1000
-  RPN_POST_NMS_TOP_N: 200
-  DETECTIONS_PER_IM: 20
-"""
+""" + _TINY_RCNN_SCHEDULE
 
 #: Body fields of the tiny model (1 block per stage, 16-wide stem, res2..res5 32/64/128/256 wide).
 TINY_BODY = {"block_counts": (1, 1, 1, 1), "stem_out_dim": 16, "res2_out_dim": 32}
@@ -325,32 +329,7 @@ KRCNN:
   ROI_XFORM_RESOLUTION: 7
   ROI_XFORM_SAMPLING_RATIO: 2
   MIN_KEYPOINT_COUNT_FOR_VALID_MINIBATCH: 1
-SOLVER:
-  WEIGHT_DECAY: 0.0001
-  LR_POLICY: steps_with_decay
-  BASE_LR: 0.02
-  GAMMA: 0.1
-  MAX_ITER: 300
-  STEPS: [0, 240]
-  WARM_UP_ITERS: 30
-  WARM_UP_FACTOR: 0.1
-TRAIN:
-  SCALES: (128,)
-  MAX_SIZE: 128
-  IMS_PER_BATCH: 2
-  BATCH_SIZE_PER_IM: 64
-  RPN_BATCH_SIZE_PER_IM: 64
-  RPN_PRE_NMS_TOP_N: 1000
-  RPN_POST_NMS_TOP_N: 200
-  FREEZE_AT: 0
-TEST:
-  SCALE: 128
-  MAX_SIZE: 128
-  NMS: 0.5
-  RPN_PRE_NMS_TOP_N: 1000
-  RPN_POST_NMS_TOP_N: 200
-  DETECTIONS_PER_IM: 20
-"""
+""" + _TINY_RCNN_SCHEDULE
 
 #: Keypoint names of :func:`write_keypoint_shapes_dataset` (a triangle's corners in drawing order).
 TRIANGLE_KEYPOINTS: Tuple[str, ...] = ("apex", "corner_b", "corner_c")
