@@ -161,6 +161,30 @@ def write_shapes_dataset(
     return ann, image_dir
 
 
+#: GN ResNet body, 32-wide FPN and 2-MLP box head shared by the tiny Mask and Keypoint R-CNN configs.
+_TINY_GN_FPN_BODY_AND_BOX_HEAD = """\
+RESNETS:
+  STRIDE_1X1: False
+  TRANS_FUNC: bottleneck_gn_transformation
+  STEM_FUNC: basic_gn_stem
+  SHORTCUT_FUNC: basic_gn_shortcut
+  WIDTH_PER_GROUP: 8
+GROUP_NORM:
+  NUM_GROUPS: 4
+FPN:
+  FPN_ON: True
+  MULTILEVEL_ROIS: True
+  MULTILEVEL_RPN: True
+  DIM: 32
+  RPN_ANCHOR_START_SIZE: 16
+FAST_RCNN:
+  ROI_BOX_HEAD: fast_rcnn_heads.add_roi_2mlp_head
+  ROI_XFORM_METHOD: RoIAlign
+  ROI_XFORM_RESOLUTION: 7
+  ROI_XFORM_SAMPLING_RATIO: 2
+  MLP_HEAD_DIM: 64
+"""
+
 #: Solver, training and test sizes shared by the tiny Mask and Keypoint R-CNN configs below.
 _TINY_RCNN_SCHEDULE = """\
 SOLVER:
@@ -200,26 +224,7 @@ MODEL:
   NUM_CLASSES: 4
   FASTER_RCNN: True
   MASK_ON: True
-RESNETS:
-  STRIDE_1X1: False
-  TRANS_FUNC: bottleneck_gn_transformation
-  STEM_FUNC: basic_gn_stem
-  SHORTCUT_FUNC: basic_gn_shortcut
-  WIDTH_PER_GROUP: 8
-GROUP_NORM:
-  NUM_GROUPS: 4
-FPN:
-  FPN_ON: True
-  MULTILEVEL_ROIS: True
-  MULTILEVEL_RPN: True
-  DIM: 32
-  RPN_ANCHOR_START_SIZE: 16
-FAST_RCNN:
-  ROI_BOX_HEAD: fast_rcnn_heads.add_roi_2mlp_head
-  ROI_XFORM_METHOD: RoIAlign
-  ROI_XFORM_RESOLUTION: 7
-  ROI_XFORM_SAMPLING_RATIO: 2
-  MLP_HEAD_DIM: 64
+""" + _TINY_GN_FPN_BODY_AND_BOX_HEAD + """\
 MRCNN:
   ROI_MASK_HEAD: mask_rcnn_heads.mask_rcnn_fcn_head_v1up
   RESOLUTION: 14
@@ -296,26 +301,7 @@ MODEL:
   NUM_CLASSES: 2
   FASTER_RCNN: True
   KEYPOINTS_ON: True
-RESNETS:
-  STRIDE_1X1: False
-  TRANS_FUNC: bottleneck_gn_transformation
-  STEM_FUNC: basic_gn_stem
-  SHORTCUT_FUNC: basic_gn_shortcut
-  WIDTH_PER_GROUP: 8
-GROUP_NORM:
-  NUM_GROUPS: 4
-FPN:
-  FPN_ON: True
-  MULTILEVEL_ROIS: True
-  MULTILEVEL_RPN: True
-  DIM: 32
-  RPN_ANCHOR_START_SIZE: 16
-FAST_RCNN:
-  ROI_BOX_HEAD: fast_rcnn_heads.add_roi_2mlp_head
-  ROI_XFORM_METHOD: RoIAlign
-  ROI_XFORM_RESOLUTION: 7
-  ROI_XFORM_SAMPLING_RATIO: 2
-  MLP_HEAD_DIM: 64
+""" + _TINY_GN_FPN_BODY_AND_BOX_HEAD + """\
 KRCNN:
   ROI_KEYPOINTS_HEAD: keypoint_rcnn_heads.add_roi_pose_head_v1convX
   NUM_STACKED_CONVS: 2
