@@ -146,6 +146,20 @@ def test_infer_simple_on_retinanet_weights(small_images, weights_factory, tmp_pa
     assert picture.shape == image.shape and np.any(picture != image)
 
 
+def _fast_rcnn_model(weights_factory) -> list:
+    """CLI arguments of the precomputed-proposal model (fast_rcnn config over the mask FPN golden weights)."""
+    return ["--wts", str(weights_factory(MASK_FPN)), "--cfg", str(config_yaml_path(FAST_RCNN)), *SMALL]
+
+
+def _assert_same_detections(got: list, want: list) -> None:
+    """Same classes, boxes within BOX_ATOL px and scores within SCORE_ATOL, record by record (sorted)."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a["category_id"] == b["category_id"] and a["image_id"] == b["image_id"]
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=BOX_ATOL, rtol=0)
+        assert abs(a["score"] - b["score"]) <= SCORE_ATOL
+
+
 def _records(path: Path):
     records = json.loads(path.read_text())
     records.sort(key=lambda r: (r["category_id"], -r["score"], r["bbox"]))
@@ -155,7 +169,7 @@ def _records(path: Path):
 @requires_shared
 def test_precomputed_proposals_from_file_and_from_rpn_weights_agree(rpn_run, small_images, weights_factory,
                                                                     tmp_path, capsys):
-    model = ["--wts", str(weights_factory(MASK_FPN)), "--cfg", str(config_yaml_path(FAST_RCNN)), *SMALL]
+    model = _fast_rcnn_model(weights_factory)
     proposals = rpn_run[0] / "proposals.pkl"
     assert cli.main(["infer", str(small_images), "--output_dir", str(tmp_path / "file"), "--proposals",
                      str(proposals), "--thresh", "0.3", *model]) == 0
@@ -164,12 +178,10 @@ def test_precomputed_proposals_from_file_and_from_rpn_weights_agree(rpn_run, sma
     capsys.readouterr()
     from_file = _records(tmp_path / "file" / "detections_coco.json")
     from_rpn = _records(tmp_path / "rpn" / "detections_coco.json")
-    assert 0 < len(from_file) <= 100 and len(from_file) == len(from_rpn)
-    for a, b in zip(from_file, from_rpn):
-        assert a["category_id"] == b["category_id"] and a["image_id"] == b["image_id"] == 1
-        assert len(a["bbox"]) == 4 and np.isfinite(a["bbox"]).all() and "segmentation" not in a
-        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=BOX_ATOL, rtol=0)
-        assert abs(a["score"] - b["score"]) <= SCORE_ATOL
+    assert 0 < len(from_file) <= 100
+    _assert_same_detections(from_file, from_rpn)
+    for a in from_file:
+        assert a["image_id"] == 1 and len(a["bbox"]) == 4 and np.isfinite(a["bbox"]).all() and "segmentation" not in a
     boxes = np.concatenate([xywh_to_xyxy(r["bbox"]) for r in from_file])
     assert boxes[:, 2].max() <= 299 and boxes[:, 3].max() <= 199 and boxes.min() >= 0
     assert (tmp_path / "file" / "coffee.png.png").exists()
@@ -177,7 +189,7 @@ def test_precomputed_proposals_from_file_and_from_rpn_weights_agree(rpn_run, sma
 
 @requires_shared
 def test_proposal_errors_are_one_line_exit_2(rpn_run, small_images, weights_factory, tmp_path, capsys):
-    fast_rcnn = ["--wts", str(weights_factory(MASK_FPN)), "--cfg", str(config_yaml_path(FAST_RCNN)), *SMALL]
+    fast_rcnn = _fast_rcnn_model(weights_factory)
     out = ["--output_dir", str(tmp_path / "out")]
 
     # A file without this image: named with the file, before any weights load.
@@ -264,7 +276,7 @@ def test_eval_runs_a_precomputed_proposal_model_on_a_proposal_file(rpn_run, smal
     """``detconvert eval --proposals``: the same detections as ``infer --proposals``; without them, exit 2."""
     from detconvert.datasets import COCO_CATEGORY_IDS, COCO_CLASSES
 
-    model = ["--wts", str(weights_factory(MASK_FPN)), "--cfg", str(config_yaml_path(FAST_RCNN)), *SMALL]
+    model = _fast_rcnn_model(weights_factory)
     proposals = rpn_run[0] / "proposals.pkl"
     assert cli.main(["infer", str(small_images), "--output_dir", str(tmp_path / "infer"), "--proposals",
                      str(proposals), *model]) == 0
@@ -280,11 +292,8 @@ def test_eval_runs_a_precomputed_proposal_model_on_a_proposal_file(rpn_run, smal
     evaluate = ["eval", "--annotations", str(annotations), "--image_dir", str(small_images), "--no-progress"]
     assert cli.main([*evaluate, "--output_dir", str(tmp_path / "eval"), "--proposals", str(proposals), *model]) == 0
     evaluated = _records(tmp_path / "eval" / "detections_coco.json")
-    assert len(evaluated) == len(inferred) > 0
-    for a, b in zip(evaluated, inferred):
-        assert a["category_id"] == b["category_id"]
-        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=BOX_ATOL, rtol=0)
-        assert abs(a["score"] - b["score"]) <= SCORE_ATOL
+    assert len(inferred) > 0
+    _assert_same_detections(evaluated, inferred)
     capsys.readouterr()
     assert cli.main([*evaluate, "--output_dir", str(tmp_path / "none"), *model]) == 2
     assert "--proposals FILE or --rpn-weights RPN.pkl" in _one_line_error(capsys.readouterr().err)
