@@ -221,7 +221,7 @@ class ShapesDemoResult:
 
 
 def load_shapes_model(device: str = "cpu"):
-    """The shipped shapes Mask R-CNN as a :class:`~detconvert.model.Predictor`.
+    """The shipped shapes Mask R-CNN as a :class:`~detconvert.inference.predictor.Predictor`.
 
     The Detectron-format pickle is read with the restricted reader and its blobs are loaded by
     Detectron name; the spec comes from ``shapes_model_spec.json`` because the tiny body's widths
@@ -229,7 +229,7 @@ def load_shapes_model(device: str = "cpu"):
     """
     import torch
 
-    from detconvert.model import Predictor
+    from detconvert.inference.predictor import Predictor
     from detconvert.modeling.detector import build_model
     from detconvert.modeling.loading import load_detectron_blobs
     from detconvert.spec import ArchSpec
@@ -254,7 +254,7 @@ def shapes_demo_image() -> Tuple[np.ndarray, List[Any]]:
 
 def run_shapes_demo(output_dir: PathLike) -> ShapesDemoResult:
     """Detect on a generated shapes image with the shipped model and write the picture."""
-    from detconvert.vis import draw_detections, write_picture
+    from detconvert.inference.vis import draw_detections, write_picture
 
     predictor = load_shapes_model("cpu")
     image, drawn = shapes_demo_image()

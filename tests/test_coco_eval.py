@@ -13,15 +13,9 @@ import pytest
 from pycocotools import mask as mask_util
 
 from detconvert import cli
-from detconvert.coco import (
-    detections_to_coco,
-    evaluate_results,
-    load_annotations,
-    read_results,
-    xyxy_to_xywh,
-    xywh_to_xyxy,
-)
-from detconvert.datasets import (
+from detconvert.evaluation.coco import evaluate_results, load_annotations
+from detconvert.inference.results import detections_to_coco, read_results, xywh_to_xyxy, xyxy_to_xywh
+from detconvert.data.classes import (
     COCO_KEYPOINT_NAMES,
     coco_table,
     get_class_table,
@@ -29,7 +23,7 @@ from detconvert.datasets import (
     read_class_file,
 )
 from detconvert.errors import ConfigError, DetconvertError
-from detconvert.evaluate import category_table, evaluate_dataset
+from detconvert.evaluation.evaluate import category_table, evaluate_dataset
 from detconvert.structures import Detections
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +115,7 @@ def _perfect_detections(image_id: int) -> Detections:
 
 
 class FakePredictor:
-    """Stands in for detconvert.model.Predictor: fixed detections per image, looked up by pixel content."""
+    """Stands in for detconvert.inference.predictor.Predictor: fixed detections per image, looked up by pixel content."""
 
     def __init__(self, by_call):
         self.class_names = list(coco_table().names)

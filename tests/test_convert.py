@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from detconvert import __version__, cli
-from detconvert.convert import convert_weights, load_backbone
+from detconvert.export.checkpoint import convert_weights, load_backbone
 from detconvert.errors import DetconvertError, WeightFileError
 from detconvert.io.weights import load_weights
-from detconvert.model import load_model
+from detconvert.inference.predictor import load_model
 from detconvert.spec import ArchSpec
 from tests._shared import REFERENCE, requires_shared
 from tests.test_pipeline_golden import MASK_C4, MASK_FPN, assert_detections_match, golden_run

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from detconvert import cli, vis
-from detconvert.coco import xywh_to_xyxy
+from detconvert import cli
+from detconvert.inference import vis
+from detconvert.inference.results import xywh_to_xyxy
 from detconvert.commands import infer as infer_command
-from detconvert.datasets import coco_table, keypoints_coco_table
-from detconvert.infer import infer_images
+from detconvert.data.classes import coco_table, keypoints_coco_table
+from detconvert.inference.runner import infer_images
 from tests._shared import REFERENCE, config_yaml_path, load_json, requires_shared
 
 REPO = Path(__file__).resolve().parent.parent
@@ -198,8 +199,8 @@ def test_library_call_and_progress_flag(tmp_path):
 
 MASK_ID = "12_2017_baselines__e2e_mask_rcnn_R-50-FPN_1x"
 KEYPOINT_ID = "12_2017_baselines__e2e_keypoint_rcnn_R-50-FPN_1x"
-HAVE_MODEL = importlib.util.find_spec("detconvert.model") is not None
-needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="detconvert.model (load_model) is not in this tree yet")
+HAVE_MODEL = importlib.util.find_spec("detconvert.inference.predictor") is not None
+needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="detconvert.inference.predictor (load_model) is not in this tree yet")
 
 
 def _box_iou(a, b):

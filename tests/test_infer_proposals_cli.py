@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from detconvert import cli, vis
-from detconvert.coco import xywh_to_xyxy
+from detconvert import cli
+from detconvert.inference import vis
+from detconvert.inference.results import xywh_to_xyxy
 from detconvert.errors import DetconvertError
-from detconvert.infer import file_proposal_source, proposal_file_id
-from detconvert.model import read_proposals, write_proposals
+from detconvert.inference.proposals import file_proposal_source, proposal_file_id
+from detconvert.inference.proposals import read_proposals, write_proposals
 from detconvert.structures import Detections
 from tests._shared import REFERENCE, config_yaml_path, requires_shared
 
@@ -274,7 +275,7 @@ def test_proposals_out_needs_an_rpn_only_model(tmp_path, monkeypatch, capsys):
 def test_eval_runs_a_precomputed_proposal_model_on_a_proposal_file(rpn_run, small_images, weights_factory,
                                                                    tmp_path, capsys):
     """``detconvert eval --proposals``: the same detections as ``infer --proposals``; without them, exit 2."""
-    from detconvert.datasets import COCO_CATEGORY_IDS, COCO_CLASSES
+    from detconvert.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES
 
     model = _fast_rcnn_model(weights_factory)
     proposals = rpn_run[0] / "proposals.pkl"

@@ -10,8 +10,8 @@ from pycocotools import mask as mask_util
 from safetensors.torch import save_file
 
 from detconvert.cli import main
-from detconvert.convert import portable_state_dict
-from detconvert.model import CHECKPOINT_FORMAT
+from detconvert.export.checkpoint import portable_state_dict
+from detconvert.inference.predictor import CHECKPOINT_FORMAT
 
 
 @pytest.fixture(scope="module")

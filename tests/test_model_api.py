@@ -8,7 +8,8 @@ import torch
 
 import detconvert
 from detconvert.errors import DetconvertError, WeightFileError
-from detconvert.model import load_model, proposals_from_rpn, read_proposals, write_proposals
+from detconvert.inference.predictor import load_model
+from detconvert.inference.proposals import proposals_from_rpn, read_proposals, write_proposals
 from tests._shared import REFERENCE, config_yaml_path, requires_shared
 from tests.test_pipeline_golden import (
     KPS_FPN,
@@ -86,7 +87,7 @@ def test_weights_config_mismatch_is_one_line():
 @pytest.fixture(scope="module")
 def precomputed_predictor(tmp_path_factory):
     """fast_rcnn_R-50-FPN (no RPN, no weight recipe): seeded random weights, class scores made confident."""
-    from detconvert.model import Predictor, spec_from_cfg
+    from detconvert.inference.predictor import Predictor, spec_from_cfg
     from detconvert.modeling.detector import build_model
 
     spec = spec_from_cfg(config_yaml_path(PRECOMPUTED), dataset="coco")
@@ -102,7 +103,7 @@ def precomputed_predictor(tmp_path_factory):
             else:
                 p.zero_()
         model.box_predictor.cls_score.weight.mul_(20.0)  # spread the logits so some classes pass 0.05
-    return Predictor(model, detconvert.model.default_class_names(spec.num_classes), torch.device("cpu"))
+    return Predictor(model, detconvert.inference.predictor.default_class_names(spec.num_classes), torch.device("cpu"))
 
 
 def test_precomputed_proposals_file_json_and_rpn_model_agree(precomputed_predictor, tmp_path):
@@ -135,7 +136,7 @@ def test_precomputed_proposals_file_json_and_rpn_model_agree(precomputed_predict
 
 def test_precomputed_proposals_dedup_maps_back(precomputed_predictor):
     """Duplicated proposals (DEDUP_BOXES) give the same detections as the unique ones."""
-    from detconvert.pipeline import prepare_proposals
+    from detconvert.inference.pipeline import prepare_proposals
 
     boxes = np.asarray(golden_run(RPN_FPN)[1]["boxes"], np.float32)[:300]
     once = precomputed_predictor.predict([coffee()], proposals=[boxes])[0]

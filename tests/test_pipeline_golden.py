@@ -147,7 +147,7 @@ def weights_path(config_id: str):
 
 @functools.lru_cache(maxsize=None)
 def golden_predictor(config_id: str):
-    from detconvert.model import load_model
+    from detconvert.inference.predictor import load_model
 
     return load_model(weights_path(config_id), device="cpu")
 

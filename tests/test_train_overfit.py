@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from detconvert.coco import detections_to_coco, evaluate_results, load_annotations
-from detconvert.datasets import table_from_names
-from detconvert.model import Predictor
+from detconvert.evaluation.coco import evaluate_results, load_annotations
+from detconvert.inference.results import detections_to_coco
+from detconvert.data.classes import table_from_names
+from detconvert.inference.predictor import Predictor
 from detconvert.train.shapes import TINY_BODY, TINY_SHAPES_CFG, write_shapes_dataset
 from detconvert.train.trainer import TrainOptions, train
 

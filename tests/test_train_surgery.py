@@ -26,7 +26,7 @@ def coco_model():
 
 
 def test_keep_person_dog_predictions_equal_81_class_model(coco_model):
-    from detconvert.datasets import coco_table
+    from detconvert.data.classes import coco_table
     from detconvert.train.surgery import class_indices, keep_classes
 
     names = list(coco_table().names)
@@ -55,7 +55,7 @@ def test_keep_person_dog_predictions_equal_81_class_model(coco_model):
 
 
 def test_unknown_class_is_a_one_line_error():
-    from detconvert.datasets import coco_table
+    from detconvert.data.classes import coco_table
     from detconvert.errors import DetconvertError
     from detconvert.train.surgery import class_indices
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from detconvert import vis
-from detconvert.datasets import COCO_KEYPOINT_NAMES, coco_table
+from detconvert.inference import vis
+from detconvert.data.classes import COCO_KEYPOINT_NAMES, coco_table
 from detconvert.structures import Detections
 
 H, W = 120, 160

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detconvert.evaluate import evaluate_dataset, evaluate_results_file
+    from detconvert.evaluation.evaluate import evaluate_dataset, evaluate_results_file
 
     if args.results:
         if args.weights:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             from detconvert.parallel.distributed import is_main_process, torchrun_environment
 
             if torchrun_environment() and not is_main_process():
-                from detconvert.coco import load_annotations
+                from detconvert.evaluation.coco import load_annotations
 
                 entries = load_annotations(args.annotations).dataset["images"]
                 predict_paths([Path(args.image_dir) / e["file_name"] for e in sorted(entries, key=lambda e: e["id"])])
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
             args.device = "cpu"  # the workers compute; this process only needs names and the spec
         from_file = None
         if args.proposals:  # a file that lacks an annotated image fails here, before the weights load
-            from detconvert.coco import load_annotations
-            from detconvert.infer import file_proposal_source
+            from detconvert.evaluation.coco import load_annotations
+            from detconvert.inference.proposals import file_proposal_source
 
             entries = load_annotations(args.annotations).dataset["images"]
             from_file = file_proposal_source(args.proposals, [Path(args.image_dir) / e["file_name"] for e in entries])

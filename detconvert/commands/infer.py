@@ -44,7 +44,7 @@ def override_pairs(flat: Sequence[str]) -> List[Tuple[str, str]]:
 
 def class_table_from_args(args: argparse.Namespace, predictor: Any):
     """The ``--dataset`` table (checked against the model's class count), else the model's own names."""
-    from detconvert.datasets import get_class_table, table_from_names
+    from detconvert.data.classes import get_class_table, table_from_names
 
     if not args.dataset:
         return table_from_names(predictor.class_names)
@@ -71,17 +71,17 @@ def load_predictor(args: argparse.Namespace) -> Any:
     """``detconvert.load_model`` from parsed model arguments."""
     if not args.weights:
         raise DetconvertError("no weights given: pass --load_detectron PKL, --load_ckpt FILE or --wts FILE")
-    from detconvert.datasets import get_class_table
+    from detconvert.data.classes import get_class_table
 
     overrides = override_pairs(args.set_cfgs)
     if args.dataset:
         get_class_table(args.dataset)  # fail early on a bad --dataset, before loading weights
     dataset = _load_dataset(args)
     try:
-        from detconvert.model import load_model
+        from detconvert.inference.predictor import load_model
     except ModuleNotFoundError as exc:
-        if exc.name == "detconvert.model":
-            raise DetconvertError("model loading is not available in this build (detconvert.model missing)")
+        if exc.name == "detconvert.inference.predictor":
+            raise DetconvertError("model loading is not available in this build (detconvert.inference.predictor missing)")
         raise
     return load_model(args.weights, args.cfg, dataset=dataset, device=args.device, overrides=overrides)
 
@@ -130,7 +130,7 @@ def add_proposal_source_arguments(parser: argparse.ArgumentParser, title: str = 
 
 def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
     """Proposal inputs of precomputed-proposal models and the proposal output of RPN-only models."""
-    from detconvert.vis import PROPOSALS_DRAWN
+    from detconvert.inference.vis import PROPOSALS_DRAWN
 
     group = add_proposal_source_arguments(parser, "proposals (fast_rcnn / RPN-only models)")
     group.add_argument("--proposals-out", "--proposals_out", dest="proposals_out", metavar="FILE",
@@ -147,13 +147,13 @@ def proposal_source_from_args(args: argparse.Namespace, predictor: Any, from_fil
 
     The model's needs are checked first, so a wrong pairing fails before an RPN file is read.
     """
-    from detconvert.infer import check_proposal_inputs, rpn_proposal_source
+    from detconvert.inference.proposals import check_proposal_inputs, rpn_proposal_source
 
     check_proposal_inputs(predictor, bool(args.proposals or args.rpn_weights), getattr(predictor, "source", None))
     if from_file is not None:
         return from_file
     if args.rpn_weights:
-        from detconvert.model import load_model
+        from detconvert.inference.predictor import load_model
 
         rpn = load_model(args.rpn_weights, device=args.device or predictor.device,
                          overrides=override_pairs(args.set_cfgs))
@@ -177,7 +177,7 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
 def sharded_predict_paths(args: argparse.Namespace):
     """A ``predict_paths`` function for the library when more than one process is asked for, else None."""
     from detconvert.parallel.distributed import torchrun_environment
-    from detconvert.parallel.sharded_inference import ModelLoader, predict_paths
+    from detconvert.inference.sharded import ModelLoader, predict_paths
 
     if args.num_processes < 1:
         raise DetconvertError(f"must be >= 1, got {args.num_processes}", "--num-processes")
@@ -188,7 +188,7 @@ def sharded_predict_paths(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from detconvert.infer import collect_images, infer_images
+    from detconvert.inference.runner import collect_images, infer_images
 
     inputs = [*args.im_or_folder, *args.image_dirs, *args.images]
     if not inputs:
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cpu"  # the workers compute; this process only needs names and the spec
     from_file = None
     if args.proposals:  # a file that lacks an image fails here, before the weights load
-        from detconvert.infer import file_proposal_source
+        from detconvert.inference.proposals import file_proposal_source
 
         from_file = file_proposal_source(args.proposals, images)
     predictor = load_predictor(args)

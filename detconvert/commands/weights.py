@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detconvert.commands.infer import override_pairs
-    from detconvert.convert import convert_weights
+    from detconvert.export.checkpoint import convert_weights
     from detconvert.io.atomic import atomic_write
 
     result = convert_weights(

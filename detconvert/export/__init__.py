@@ -56,7 +56,7 @@ def load_source(
         DetconvertError: unreadable file, a backbone-only file, a cfg that does not fit the weights.
     """
     from detconvert.io.weights import load_weights
-    from detconvert.model import build_from_weights
+    from detconvert.inference.predictor import build_from_weights
 
     path = _resolve(source)
     wf = load_weights(path)
@@ -130,10 +130,10 @@ def export_model(
 
 
 def _export_checkpoint(source, fmt: str, out: Path, *, cfg, dataset, overrides, force: bool) -> ExportReport:
-    """safetensors / pth: ``detconvert weights`` does the writing (:func:`detconvert.convert.convert_weights`)."""
-    from detconvert.convert import convert_weights
+    """safetensors / pth: ``detconvert weights`` does the writing (:func:`detconvert.export.checkpoint.convert_weights`)."""
+    from detconvert.export.checkpoint import convert_weights
     from detconvert.io.weights import load_weights
-    from detconvert.model import is_converted_checkpoint
+    from detconvert.inference.predictor import is_converted_checkpoint
 
     path = _resolve(source)
     wf = load_weights(path)
@@ -151,7 +151,7 @@ def _rewrite_checkpoint(wf, fmt: str, out: Path, *, cfg, dataset, overrides, for
     """A detconvert checkpoint in the other format (same tensors, same metadata)."""
     import torch
 
-    from detconvert.convert import serialise_state  # the one writer of detconvert checkpoints
+    from detconvert.export.checkpoint import serialise_state  # the one writer of detconvert checkpoints
     from detconvert.io.atomic import atomic_write
 
     if cfg is not None or dataset or overrides:

@@ -316,7 +316,7 @@ def _load_detectron_model(options: TrainOptions) -> Tuple[DetectronModel, List[s
     """Model of ``--load_detectron`` with its own class count (the config's NUM_CLASSES follows the weights)."""
     from detconvert.config import build_spec, translate_config
     from detconvert.io.weights import load_weights
-    from detconvert.model import default_class_names
+    from detconvert.inference.predictor import default_class_names
     from detconvert.modeling.loading import load_detectron_blobs
 
     wf = load_weights(options.load_detectron)
@@ -596,10 +596,10 @@ def save_model_final(model: DetectronModel, class_names: Sequence[str], cfg: Map
     :func:`detconvert.load_model` rebuilds the network from the stored spec, so a body no Detectron
     key describes (``body_override``) loads too; the class names travel with it. Written atomically.
     """
-    from detconvert.convert import serialise_state, portable_state_dict
+    from detconvert.export.checkpoint import serialise_state, portable_state_dict
     from detconvert import __version__
     from detconvert.io.atomic import atomic_write
-    from detconvert.model import CHECKPOINT_FORMAT
+    from detconvert.inference.predictor import CHECKPOINT_FORMAT
 
     spec_dict = model.spec.to_dict()
     metadata = {

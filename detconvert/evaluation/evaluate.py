@@ -13,11 +13,11 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from detconvert.coco import EvalReport, detections_to_coco, evaluate_results, load_annotations, read_results
-from detconvert.coco import write_results
-from detconvert.datasets import ClassTable, table_from_names
+from detconvert.evaluation.coco import EvalReport, evaluate_results, load_annotations
+from detconvert.inference.results import detections_to_coco, read_results, write_results
+from detconvert.data.classes import ClassTable, table_from_names
 from detconvert.errors import DetconvertError, PathLike
-from detconvert.infer import _progress, read_image
+from detconvert.inference.runner import _progress, read_image
 
 Log = Callable[[str], None]
 DEFAULT_RESULTS_NAME = "detections_coco.json"
@@ -104,7 +104,7 @@ def evaluate_dataset(
     """Detect on every annotated image, write the results json, evaluate with pycocotools.
 
     Args:
-        predictor: a :class:`detconvert.model.Predictor`.
+        predictor: a :class:`detconvert.inference.predictor.Predictor`.
         image_dir: folder the annotation's ``file_name`` entries are relative to.
         annotations: COCO-format annotation json.
         output_dir: where the results json goes (``detections_coco.json``) unless ``json_path`` is given.
@@ -117,9 +117,9 @@ def evaluate_dataset(
         log: receives notes and the AP tables (None: silent).
         warn: receives warnings (default: stderr).
         predict_paths: detect all images at once from their paths on several processes
-            (:mod:`detconvert.parallel.sharded_inference`) instead of ``predictor.predict``.
+            (:mod:`detconvert.inference.sharded`) instead of ``predictor.predict``.
         proposals: for precomputed-proposal models, ``proposals(paths, images) -> [R, 4] boxes per
-            image`` (:func:`detconvert.infer.file_proposal_source` / ``rpn_proposal_source``).
+            image`` (:func:`detconvert.inference.proposals.file_proposal_source` / ``rpn_proposal_source``).
 
     Raises:
         DetconvertError: missing image folder, unreadable annotations, no readable image.

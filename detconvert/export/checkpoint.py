@@ -1,7 +1,7 @@
 """``detconvert weights``: a Detectron pickle -> a PyTorch checkpoint with everything needed to run it.
 
 The checkpoint holds the model's ``state_dict`` (PyTorch names of
-:class:`~detconvert.modeling.detector.DetectronModel`) and string metadata (:data:`detconvert.model.METADATA_KEYS`):
+:class:`~detconvert.modeling.detector.DetectronModel`) and string metadata (:data:`detconvert.inference.predictor.METADATA_KEYS`):
 the :class:`~detconvert.spec.ArchSpec` as JSON, class names, Detectron's numeric conventions, the source
 file's SHA-256 and name, the cfg text it was built from, and the converter version.
 :func:`detconvert.load_model` reads it back without a YAML.
@@ -134,7 +134,7 @@ def convert_weights(
         DetconvertError: unreadable source, cfg/weights mismatch (naming the module and blob), output
             exists without ``force``, unknown format.
     """
-    from detconvert.model import CHECKPOINT_FORMAT, build_from_weights, default_class_names
+    from detconvert.inference.predictor import CHECKPOINT_FORMAT, build_from_weights
 
     start = time.perf_counter()
     if fmt not in FORMATS:
@@ -160,7 +160,7 @@ def convert_weights(
     if wf.flavour == "detectron_imagenet":
         spec = None
         if cfg is not None:
-            from detconvert.model import spec_from_cfg
+            from detconvert.inference.predictor import spec_from_cfg
 
             spec = spec_from_cfg(cfg, dataset=dataset, overrides=overrides)
             body = replace(spec.body, last_stage=5)  # the ImageNet file holds res5 whatever the config

@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from detconvert.datasets import COCO_KEYPOINT_NAMES, COCO_KEYPOINT_SKELETON
+from detconvert.data.classes import COCO_KEYPOINT_NAMES, COCO_KEYPOINT_SKELETON
 from detconvert.errors import DetconvertError, PathLike
 from detconvert.io.atomic import atomic_write
 from detconvert.structures import Detections

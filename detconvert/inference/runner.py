@@ -7,8 +7,8 @@ on. Every picture and the json are written atomically. Pictures are named as Det
 collide.
 
 Precomputed-proposal models (Detectron's ``fast_rcnn_*`` configs, no RPN) take their proposals from a
-:data:`ProposalSource`: a proposal file (:func:`file_proposal_source`) or an RPN-only model run on the same
-images (:func:`rpn_proposal_source`). RPN-only models produce proposals, not detections: their pictures
+:data:`~detconvert.inference.proposals.ProposalSource`: a proposal file (``file_proposal_source``) or an RPN-only model run on the same
+images (``rpn_proposal_source``). RPN-only models produce proposals, not detections: their pictures
 show the highest-scoring proposals and the proposals go to a Detectron-format proposal file.
 """
 from __future__ import annotations
@@ -21,9 +21,16 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import cv2
 import numpy as np
 
-from detconvert import vis
-from detconvert.coco import detections_to_coco, write_results
-from detconvert.datasets import ClassTable, table_from_names
+from detconvert.inference import vis
+from detconvert.inference.proposals import (
+    ProposalSource,
+    check_proposal_inputs,
+    predictor_pipeline,
+    proposal_file_id,
+    write_proposals,
+)
+from detconvert.inference.results import detections_to_coco, write_results
+from detconvert.data.classes import ClassTable, table_from_names
 from detconvert.errors import DetconvertError, PathLike
 from detconvert.structures import Detections
 
@@ -33,7 +40,6 @@ DEFAULT_PROPOSALS_NAME = "proposals.pkl"
 
 Log = Callable[[str], None]
 #: ``(image paths, BGR images) -> one [R, 4] proposal array per image`` (original-image pixels, best first).
-ProposalSource = Callable[[List[Path], List[np.ndarray]], List[np.ndarray]]
 
 
 @dataclass
@@ -112,82 +118,6 @@ def assign_image_ids(images: Sequence[Path]) -> List[int]:
     if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
         return [int(s) for s in stems]
     return list(range(1, len(images) + 1))
-
-
-def proposal_file_id(path: Path) -> Union[int, str]:
-    """The id an image has in proposal files we write: its file stem, as an int when it is a number
-    (Detectron's proposal files hold COCO image ids, which are the numbers in COCO file names)."""
-    stem = Path(path).stem
-    return int(stem) if stem.isdigit() else stem
-
-
-def _id_key(value: Any) -> str:
-    # Ids compare as text, with numbers normalised, so 397133, "397133" and "000000397133" are one image.
-    text = str(value.item() if isinstance(value, np.generic) else value).strip()
-    return str(int(text)) if text.isdigit() else text
-
-
-def file_proposal_source(proposals_path: PathLike, images: Sequence[PathLike]) -> ProposalSource:
-    """Proposals for ``images`` from a proposal file (Detectron's pickle or our json, see
-    :func:`detconvert.model.read_proposals`), matched to each image by id = the image's file stem
-    (numbers compared as numbers: ``000000397133.jpg`` is id 397133).
-
-    Every image is looked up before anything runs, so a file that lacks one fails at once.
-
-    Raises:
-        DetconvertError: unreadable file, two entries with the same id, or an image without an entry
-            (the message names the file and the image).
-    """
-    from detconvert.model import read_proposals
-
-    proposals_path = Path(proposals_path)
-    ids, boxes, _ = read_proposals(proposals_path)
-    by_id: Dict[str, np.ndarray] = {}
-    for image_id, image_boxes in zip(ids, boxes):
-        key = _id_key(image_id)
-        if key in by_id:
-            raise DetconvertError(f"two entries for image id {image_id!r}", proposals_path)
-        by_id[key] = image_boxes
-    table: Dict[Path, np.ndarray] = {}
-    for image in images:
-        image = Path(image)
-        key = _id_key(image.stem)
-        if key not in by_id:
-            shown = ", ".join(repr(i) for i in list(ids)[:3]) + (", ..." if len(ids) > 3 else "")
-            raise DetconvertError(
-                f"no proposals for image {image.name} (looked for id {key!r}; the file has {len(ids)} "
-                f"id(s): {shown or 'none'})", proposals_path)
-        table[image] = by_id[key]
-    return lambda paths, _images: [table[Path(p)] for p in paths]
-
-
-def rpn_proposal_source(rpn_predictor: Any) -> ProposalSource:
-    """Proposals computed by an RPN-only predictor on the same images (``--rpn-weights``)."""
-    from detconvert.model import proposals_from_rpn
-
-    return lambda _paths, images: proposals_from_rpn(rpn_predictor, images)
-
-
-def _pipeline(predictor: Any) -> Optional[str]:
-    return getattr(getattr(predictor, "spec", None), "pipeline", None)
-
-
-def check_proposal_inputs(predictor: Any, has_proposals: bool, source: Optional[PathLike] = None) -> None:
-    """A precomputed-proposal model needs a proposal source; a model with its own RPN (or RetinaNet)
-    must not get one.
-
-    Raises:
-        DetconvertError: naming ``source`` (the weight file) and the flags to use or drop.
-    """
-    pipeline = _pipeline(predictor)
-    if pipeline == "precomputed_proposals" and not has_proposals:
-        raise DetconvertError("this model reads precomputed proposals (it has no RPN): pass --proposals FILE "
-                              "or --rpn-weights RPN.pkl", source)
-    if has_proposals and pipeline != "precomputed_proposals":
-        kind = {"rpn_only": "an RPN-only model (it makes proposals)", "retinanet": "a RetinaNet model",
-                "e2e": "an end-to-end model (its own RPN makes the proposals)"}.get(pipeline, "this model")
-        raise DetconvertError(f"--proposals / --rpn-weights are for precomputed-proposal (fast_rcnn) models; "
-                              f"this is {kind}: drop them", source)
 
 
 def filter_classes(dets: Detections, keep: Optional[Iterable[int]]) -> Detections:
@@ -281,7 +211,7 @@ def infer_images(
     """Detect on every image, write Detectron-style pictures and one COCO results json.
 
     Args:
-        predictor: a :class:`detconvert.model.Predictor` (``predict``, ``class_names``, ``spec``).
+        predictor: a :class:`detconvert.inference.predictor.Predictor` (``predict``, ``class_names``, ``spec``).
         inputs: image files and/or folders.
         output_dir: where pictures (``<image name>.<ext>``) go; created if needed.
         ext: picture format: ``png`` (default), ``jpg`` or ``pdf``.
@@ -299,7 +229,7 @@ def infer_images(
         log: receives per-image lines (default: stdout).
         warn: receives warnings (default: stderr as ``detconvert: warning: ...``).
         predict_paths: detect all images at once from their paths (several processes, see
-            :mod:`detconvert.parallel.sharded_inference`) instead of ``predictor.predict`` per batch;
+            :mod:`detconvert.inference.sharded`) instead of ``predictor.predict`` per batch;
             pictures and json are still written here, in input order.
         proposals: where a precomputed-proposal model's proposals come from (required for such a
             model, refused for others); see :func:`file_proposal_source`, :func:`rpn_proposal_source`.
@@ -324,7 +254,7 @@ def infer_images(
     if batch_size < 1:
         raise DetconvertError("must be at least 1", "--batch-size")
     check_proposal_inputs(predictor, proposals is not None, getattr(predictor, "source", None))
-    rpn_only = _pipeline(predictor) == "rpn_only"
+    rpn_only = predictor_pipeline(predictor) == "rpn_only"
     if proposals_out is not None and not rpn_only:
         raise DetconvertError("only an RPN-only model writes proposals; this model outputs detections",
                               "--proposals-out")
@@ -394,7 +324,6 @@ def infer_images(
         raise DetconvertError(f"none of the {len(images)} image(s) could be read", Path(images[0]).parent)
     write_results(summary.results, json_path)
     if rpn_only:
-        from detconvert.model import write_proposals
 
         summary.proposals_path = write_proposals(
             Path(proposals_out) if proposals_out else output_dir / DEFAULT_PROPOSALS_NAME,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -30,8 +30,7 @@ from detconvert.modeling.loading import LoadReport, load_detectron_blobs
 from detconvert.spec import ArchSpec
 from detconvert.structures import Detections
 
-__all__ = ["Predictor", "load_model", "default_class_names", "read_proposals", "write_proposals", "proposals_from_rpn",
-           "CHECKPOINT_FORMAT", "METADATA_KEYS"]
+__all__ = ["Predictor", "load_model", "default_class_names", "CHECKPOINT_FORMAT", "METADATA_KEYS"]
 
 #: ``metadata["format"]`` of checkpoints written by ``detconvert weights``.
 CHECKPOINT_FORMAT = "detconvert"
@@ -48,17 +47,17 @@ def default_class_names(num_classes: int, dataset: Optional[str] = None) -> List
     ``dataset`` (``coco*``, ``keypoints_coco*``, ``voc*`` or a class-list file) wins; otherwise COCO's
     names for 81 classes, background + person for 2, else ``class_1`` ...
     """
-    from detconvert import datasets
+    from detconvert.data import classes
 
     if dataset:
-        return list(datasets.get_class_table(dataset).names)
+        return list(classes.get_class_table(dataset).names)
     if num_classes == 81:
-        return list(datasets.coco_table().names)
+        return list(classes.coco_table().names)
     if num_classes == 2:
-        return list(datasets.keypoints_coco_table().names)
+        return list(classes.keypoints_coco_table().names)
     if num_classes == 21:
-        return list(datasets.voc_table().names)
-    return [datasets.BACKGROUND] + [f"class_{i}" for i in range(1, max(num_classes, 1))]
+        return list(classes.voc_table().names)
+    return [classes.BACKGROUND] + [f"class_{i}" for i in range(1, max(num_classes, 1))]
 
 
 def _pick_device(device: Optional[Union[str, torch.device]]) -> torch.device:
@@ -129,7 +128,7 @@ class Predictor:
         Raises:
             DetconvertError: an unreadable image path, a non-BGR array, missing proposals.
         """
-        from detconvert.pipeline import run_pipeline
+        from detconvert.inference.pipeline import run_pipeline
 
         if isinstance(images, (np.ndarray, str, Path)):
             images = [images]
@@ -293,72 +292,5 @@ def load_model(
     model, report, names = build_from_weights(wf, cfg, dataset=dataset, overrides=overrides)
     model.to(dev).eval()
     if dev.type == "cpu":
-        model.to(memory_format=torch.channels_last)  # see detconvert.pipeline.run_pipeline
+        model.to(memory_format=torch.channels_last)  # see detconvert.inference.pipeline.run_pipeline
     return Predictor(model, names, dev, load_report=report, source=wf.path)
-
-
-# ------------------------------------------------------------------------------- proposal files
-
-
-def read_proposals(path: PathLike) -> Tuple[List[Any], List[np.ndarray], List[Optional[np.ndarray]]]:
-    """Read a proposal file: Detectron's pickle (``rpn_generator``: ``boxes``, ``scores``, ``ids``) or our json.
-
-    The pickle is read with the restricted unpickler (never ``pickle.load``); the json holds the same
-    three lists. Boxes are per image ``[R, 4]`` in original-image pixels, best first.
-
-    Returns:
-        ``(ids, boxes, scores)``, one entry per image in file order (scores may be None).
-
-    Raises:
-        DetconvertError: unreadable file, missing ``boxes``, or lists of different lengths.
-    """
-    from detconvert.io.unpickle import restricted_load
-
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
-        else:
-            with open(path, "rb") as handle:
-                data = restricted_load(handle, path)
-    except (OSError, ValueError) as exc:
-        raise DetconvertError(f"cannot read proposals: {exc}", path) from None
-    if not isinstance(data, dict) or "boxes" not in data:
-        raise DetconvertError("not a proposal file (expected a dict with 'boxes', 'scores', 'ids')", path)
-    boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in data["boxes"]]
-    ids = list(data.get("ids", data.get("indexes", range(len(boxes)))))
-    scores = [None if s is None else np.asarray(s, dtype=np.float32).reshape(-1) for s in data.get("scores", [None] * len(boxes))]
-    if not (len(ids) == len(boxes) == len(scores)):
-        raise DetconvertError(f"'boxes' ({len(boxes)}), 'scores' ({len(scores)}) and 'ids' ({len(ids)}) differ in length",
-                              path)
-    return ids, boxes, scores
-
-
-def write_proposals(path: PathLike, ids: Sequence[Any], boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray],
-                    *, force: bool = True) -> Path:
-    """Write proposals as Detectron does (``rpn_generator.generate_rpn_on_dataset``): a pickle of
-    ``{'boxes': [...], 'scores': [...], 'ids': [...], 'cfg': ''}``, or the same lists as json (``.json``)."""
-    import pickle
-
-    from detconvert.io.atomic import atomic_write
-
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        data = {"ids": [i if isinstance(i, (int, str)) else int(i) for i in ids],
-                "boxes": [np.asarray(b, np.float32).tolist() for b in boxes],
-                "scores": [np.asarray(s, np.float32).tolist() for s in scores]}
-        with atomic_write(path, "w", force=force) as handle:
-            json.dump(data, handle)
-        return path
-    data = {"boxes": [np.asarray(b, np.float32) for b in boxes], "scores": [np.asarray(s, np.float32) for s in scores],
-            "ids": list(ids), "cfg": ""}
-    with atomic_write(path, "wb", force=force) as handle:
-        pickle.dump(data, handle, protocol=2)
-    return path
-
-
-def proposals_from_rpn(rpn: Predictor, images: Sequence[ImageLike]) -> List[np.ndarray]:
-    """Run an RPN-only predictor and return its proposals per image (``--rpn-weights`` pairing)."""
-    if rpn.spec.pipeline != "rpn_only":
-        raise DetconvertError("the proposal model must be an RPN-only model (MODEL.RPN_ONLY)", rpn.source)
-    return [d.boxes for d in rpn.predict(images)]

@@ -25,14 +25,14 @@ class ModelLoader:
     overrides: Tuple[Tuple[str, str], ...] = ()
 
     def __call__(self, context: WorkerContext) -> Any:
-        from detconvert.model import load_model
+        from detconvert.inference.predictor import load_model
 
         return load_model(self.weights, self.cfg, dataset=self.dataset, device=str(context.device),
                           overrides=list(self.overrides))
 
 
 def _detect_path(predictor: Any, path: str) -> Optional[Detections]:
-    from detconvert.infer import read_image
+    from detconvert.inference.runner import read_image
 
     image = read_image(path)
     return None if image is None else predictor.predict([image])[0]
