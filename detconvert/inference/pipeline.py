@@ -281,13 +281,6 @@ def _scaled_rois(per_image_boxes: List[Tensor], im_scales: np.ndarray, device: t
     return torch.cat(rows)
 
 
-def _conv_layout(pooled: Tensor) -> Tensor:
-    """Pooled RoI features in the layout the CPU convolutions are fastest in (channels-last, as the backbone)."""
-    if pooled.device.type == "cpu":
-        return pooled.contiguous(memory_format=torch.channels_last)
-    return pooled
-
-
 def _contiguous_pooling_maps(model: DetectronModel, spec: ArchSpec, feats: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """``feats`` with the maps RoIs are pooled from made NCHW-contiguous.
 
@@ -369,7 +362,7 @@ def _rcnn_heads(
     if spec.mask_head is not None:
         mask_rois = _scaled_rois(det_boxes, blob.im_scales, device)
         pooled = _pool(model, spec, feats, mask_rois, spec.mask_head.roi_xform, blobs, "mask_rois")
-        probs = torch.sigmoid(model.mask_head(_conv_layout(pooled)))
+        probs = torch.sigmoid(model.mask_head(pooled))
         del pooled
         blobs.put("mask_fcn_probs", probs)
         probs_np = probs.cpu().numpy()
@@ -385,7 +378,7 @@ def _rcnn_heads(
     if spec.keypoint_head is not None:
         kp_rois = _scaled_rois(det_boxes, blob.im_scales, device)
         pooled = _pool(model, spec, feats, kp_rois, spec.keypoint_head.roi_xform, blobs, "keypoint_rois")
-        lowres, heatmaps = model.keypoint_head(_conv_layout(pooled), return_lowres=True)
+        lowres, heatmaps = model.keypoint_head(pooled, return_lowres=True)
         del pooled
         if lowres is not None:
             blobs.put("kps_score_lowres", lowres)
@@ -519,10 +512,6 @@ def run_pipeline(
         ]
     blob = make_image_blob(spec, images)
     data = torch.from_numpy(blob.data).to(device)
-    if device.type == "cpu":
-        # oneDNN's convolutions are ~25% faster in NHWC on CPU (bench/bench_infer.py); same arithmetic
-        # up to float summation order, well inside the reference tolerances (test_pipeline_golden.py).
-        data = data.contiguous(memory_format=torch.channels_last)
     im_info = torch.from_numpy(blob.im_info).to(device)
     blobs.put("im_info", blob.im_info)
 

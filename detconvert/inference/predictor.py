@@ -290,7 +290,7 @@ def load_model(
             path = resolve_weights(str(weights))
         wf = load_weights(path)
     model, report, names = build_from_weights(wf, cfg, dataset=dataset, overrides=overrides)
+    # Exact by default: NCHW float32, the layout whose CPU kernels reproduce Detectron's blobs (channels-last
+    # changes GroupNorm's and the convolutions' summation order: scores 1e-4 off, RoIs swapped after top-N).
     model.to(dev).eval()
-    if dev.type == "cpu":
-        model.to(memory_format=torch.channels_last)  # see detconvert.inference.pipeline.run_pipeline
     return Predictor(model, names, dev, load_report=report, source=wf.path)
