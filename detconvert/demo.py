@@ -36,9 +36,9 @@ DEMO_SEED = 20180122
 PICKLE_NAME = "sample_model_final.pkl"
 SAFETENSORS_NAME = "sample_model_final.safetensors"
 SHAPES_PICTURE_NAME = "shapes_detections.png"
-#: The shipped shapes model (package data) and its spec (the tiny body widths no Detectron key says).
+#: The shipped shapes model (package data): a Detectron pickle whose 'detconvert' entry carries its spec
+#: (the tiny body widths no Detectron key says) and class names, so it loads by path everywhere.
 SHAPES_MODEL = Path(__file__).resolve().parent / "data" / "demo" / "shapes_model_final.pkl"
-SHAPES_SPEC = SHAPES_MODEL.with_name("shapes_model_spec.json")
 SHAPES_THRESH = 0.7  # vis threshold (Detectron's infer_simple default)
 
 # Embedded cfg in the shape of Detectron's Python-2 yaml.dump (AttrDict nodes, python/unicode strings).
@@ -223,32 +223,21 @@ class ShapesDemoResult:
 def load_shapes_model(device: str = "cpu"):
     """The shipped shapes Mask R-CNN as a :class:`~detconvert.inference.predictor.Predictor`.
 
-    The Detectron-format pickle is read with the restricted reader and its blobs are loaded by
-    Detectron name; the spec comes from ``shapes_model_spec.json`` because the tiny body's widths
-    (``stem_out_dim``, ``res2_out_dim``, one block per stage) are not expressible as Detectron keys.
+    Nothing private: :func:`detconvert.load_model` reads it by path like any model. Its tiny body's widths
+    (``stem_out_dim``, ``res2_out_dim``, one block per stage) are not expressible as Detectron keys, so
+    the pickle carries detconvert's spec and class names in its ``'detconvert'`` entry beside the cfg.
     """
-    import torch
+    from detconvert.inference.predictor import load_model
 
-    from detconvert.inference.predictor import Predictor
-    from detconvert.modeling.detector import build_model
-    from detconvert.modeling.loading import load_detectron_blobs
-    from detconvert.spec import ArchSpec
-
-    stored = json.loads(SHAPES_SPEC.read_text())
-    model = build_model(ArchSpec.from_dict(stored["spec"]))
-    wf = load_weights(SHAPES_MODEL)
-    report = load_detectron_blobs(model, wf.blobs, source=wf.path)
-    dev = torch.device(device)
-    model.to(dev).eval()
-    return Predictor(model, stored["class_names"], dev, load_report=report, source=wf.path)
+    return load_model(SHAPES_MODEL, device=device)
 
 
 def shapes_demo_image() -> Tuple[np.ndarray, List[Any]]:
     """The first image of the demo model's training set, regenerated from its seed (nothing bundled)."""
     from detconvert.train.shapes import make_shapes_image
 
-    stored = json.loads(SHAPES_SPEC.read_text())
-    rng = np.random.RandomState(stored["dataset"]["seed"])
+    training = (load_weights(SHAPES_MODEL).stored_spec or {}).get("training", {})
+    rng = np.random.RandomState(training.get("dataset", {}).get("seed", 0))
     return make_shapes_image(rng, size=128)
 
 

@@ -13,7 +13,8 @@ HELP = "train or fine-tune a Detectron e2e R-CNN on a COCO-format dataset (Detec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg", required=True, metavar="YAML", help="Detectron config")
+    parser.add_argument("--cfg", metavar="YAML",
+                        help="Detectron config (default with --load_detectron: the cfg embedded in that file)")
     parser.add_argument("--dataset", required=True, metavar="JSON",
                         help="COCO-format annotations; images in --image-dir (default: images/ beside the json)")
     parser.add_argument("--image-dir", "--image_dir", dest="image_dir", metavar="DIR")

@@ -8,13 +8,16 @@
 
 Sources accepted by :func:`load_model`:
 
-* a Detectron ``model_final.pkl`` (its embedded cfg, or ``cfg=`` a Detectron YAML);
+* a Detectron ``model_final.pkl`` (its embedded cfg, or ``cfg=`` a Detectron YAML); when the pickle carries
+  detconvert's ``'detconvert'`` entry (see :mod:`detconvert.io.weights`) its stored spec and class names
+  describe the network, so bodies no Detectron key can say (the shipped shapes model) load by path;
 * a checkpoint written by ``detconvert weights`` (safetensors or pth; its metadata holds the spec, the
   class names and the cfg, so no YAML is needed);
 * a model-zoo name (fetched to the cache by :func:`detconvert.zoo.download.resolve_weights`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -186,14 +189,38 @@ def spec_from_cfg(
     return build_spec(translated.cfg)
 
 
+#: Body fields no Detectron config key can say (a detconvert-trained narrow body): with ``--set`` overrides on a
+#: pickle that stores its spec, the embedded cfg decides everything else and these come from the stored spec.
+BODY_FIELDS_BEYOND_CFG = ("block_counts", "stem_out_dim", "res2_out_dim")
+
+
+def stored_spec(wf: WeightFile) -> Optional[ArchSpec]:
+    """The :class:`ArchSpec` of a detector pickle's ``'detconvert'`` entry (None without one)."""
+    if wf.stored_spec is None:
+        return None
+    try:
+        return ArchSpec.from_dict(wf.stored_spec["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightFileError(f"its 'detconvert' entry does not describe a network ({type(exc).__name__}: {exc})",
+                              wf.path) from None
+
+
 def _detector_spec(wf: WeightFile, cfg: Optional[PathLike], dataset, overrides) -> ArchSpec:
-    if cfg is not None:
+    if cfg is not None:  # an explicit config wins over anything the file says about itself
         return spec_from_cfg(cfg, dataset=dataset, weights=wf, overrides=overrides)
+    stored = stored_spec(wf)
+    if stored is not None and not overrides and not dataset:
+        return stored
     if wf.cfg is None:
         why = f" ({wf.cfg_error})" if wf.cfg_error else ""
         raise ConfigError(f"the weight file has no usable embedded cfg{why}; pass the Detectron YAML with --cfg",
                           wf.path)
-    return spec_from_cfg(wf.cfg, dataset=dataset, weights=wf, overrides=overrides, source_name=f"{wf.path} (embedded cfg)")
+    spec = spec_from_cfg(wf.cfg, dataset=dataset, weights=wf, overrides=overrides,
+                         source_name=f"{wf.path} (embedded cfg)")
+    if stored is not None:
+        body = {name: getattr(stored.body, name) for name in BODY_FIELDS_BEYOND_CFG}
+        spec = dataclasses.replace(spec, body=dataclasses.replace(spec.body, **body))
+    return spec
 
 
 def _checkpoint_spec(wf: WeightFile, cfg, dataset, overrides) -> ArchSpec:
@@ -250,7 +277,10 @@ def build_from_weights(
     spec = _detector_spec(wf, cfg, dataset, overrides)
     model = build_model(spec)
     report = load_detectron_blobs(model, wf.blobs, source=wf.path)
-    return model, report, default_class_names(spec.num_classes, dataset)
+    names = wf.stored_spec["class_names"] if wf.stored_spec is not None else None
+    if dataset or not names or len(names) != spec.num_classes:
+        names = default_class_names(spec.num_classes, dataset)
+    return model, report, list(names)
 
 
 def load_model(

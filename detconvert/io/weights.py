@@ -6,12 +6,21 @@ The format is sniffed from the content, never from the extension (users save HTM
 =====================  ===========================================================================
 flavour                what the file is
 =====================  ===========================================================================
-detectron_detector     ``{'blobs': {name: array}, 'cfg': <yaml>}`` (``utils/net.save_model_to_weights_file``)
+detectron_detector     ``{'blobs': {name: array}, 'cfg': <yaml>}`` (``utils/net.save_model_to_weights_file``),
+                       optionally with a ``'detconvert'`` entry (:data:`SPEC_KEY`, below)
 detectron_imagenet     a bare ``{name: array}`` dict (ImageNet initialisation, ``R-50.pkl``)
 detectron2             detectron2 zoo pickle ``{'model': {name: array}, '__author__': ..., ...}``
 torch                  a ``torch.save`` checkpoint (zip, or the legacy format), read with ``weights_only=True``
 safetensors            a safetensors file
 =====================  ===========================================================================
+
+**The** ``'detconvert'`` **entry.** Detectron's reader (``utils/net.initialize_gpu_from_weights_file``)
+takes ``'blobs'`` and ``'cfg'`` from the container and ignores any other key, so a detector pickle may
+carry detconvert's own description beside its cfg: ``'detconvert'`` holds JSON text
+``{"format": "detconvert-spec", "version": 1, "spec": ArchSpec.to_dict(), "class_names": [...]}``
+(plus optional provenance, e.g. ``"training"``). It says what Detectron's keys cannot: a body narrower
+than any ResNet the config names (the shipped shapes model), and the class names. Files without it
+read as before; :func:`spec_entry_text` writes it, :attr:`WeightFile.stored_spec` is what was read.
 
 Anything else (HTML, text, gzip, empty, random bytes, a truncated download) is a
 :class:`~detconvert.errors.WeightFileError` with a one-line reason. Pickles go through
@@ -32,6 +41,11 @@ import numpy as np
 from detconvert.errors import ConfigError, PathLike, UnsafePickleError, WeightFileError
 from detconvert.io.cfg_yaml import load_detectron_cfg_text
 from detconvert.io.unpickle import restricted_load
+
+#: Container key of detconvert's spec entry in a Detectron detector pickle (see the module docstring).
+SPEC_KEY = "detconvert"
+SPEC_FORMAT = "detconvert-spec"
+SPEC_VERSION = 1
 
 FLAVOURS = ("detectron_detector", "detectron_imagenet", "detectron2", "torch", "safetensors")
 MOMENTUM_SUFFIX = "_momentum"  # Detectron's optimizer history: '<param>_momentum' (utils/net.py)
@@ -60,6 +74,8 @@ class WeightFile:
         size: file size in bytes.
         extras: non-float arrays of torch/safetensors files (e.g. ``num_batches_tracked``), kept apart.
         metadata: other top-level values (detectron2 ``__author__``, safetensors ``__metadata__``).
+        stored_spec: a detector pickle's ``'detconvert'`` entry, parsed (``spec``, ``class_names``, ...),
+            else None.
     """
 
     path: Path
@@ -72,6 +88,7 @@ class WeightFile:
     cfg_error: Optional[str] = None
     extras: Dict[str, np.ndarray] = field(default_factory=dict)
     metadata: Dict[str, Any] = field(default_factory=dict)
+    stored_spec: Optional[Dict[str, Any]] = None
     _sha256: List[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -202,6 +219,35 @@ def _split_detectron_blobs(raw: Mapping[Any, Any], path: Path) -> Tuple[Dict[str
     return blobs, momentum
 
 
+def spec_entry_text(spec: Mapping[str, Any], class_names: Iterable[str], **extra: Any) -> str:
+    """The JSON text of a ``'detconvert'`` container entry (``spec``: ``ArchSpec.to_dict()``)."""
+    entry = {"format": SPEC_FORMAT, "version": SPEC_VERSION, "spec": dict(spec), "class_names": list(class_names)}
+    entry.update(extra)
+    return json.dumps(entry, sort_keys=True)
+
+
+def _parse_spec_entry(value: Any, path: Path) -> Dict[str, Any]:
+    """The ``'detconvert'`` entry of a detector pickle, checked; a one-line error when it is malformed."""
+    if isinstance(value, bytes):
+        value = value.decode("latin1")
+    if not isinstance(value, str):
+        raise WeightFileError(f"its '{SPEC_KEY}' entry is a {type(value).__name__}, not JSON text", path)
+    try:
+        entry = json.loads(value)
+    except ValueError as exc:
+        raise WeightFileError(f"its '{SPEC_KEY}' entry is not valid JSON ({exc})", path) from None
+    if not isinstance(entry, dict) or entry.get("format") != SPEC_FORMAT:
+        raise WeightFileError(f"its '{SPEC_KEY}' entry is not a {SPEC_FORMAT} record", path)
+    if entry.get("version") != SPEC_VERSION:
+        raise WeightFileError(f"its '{SPEC_KEY}' entry has version {entry.get('version')!r}; this detconvert reads "
+                              f"version {SPEC_VERSION}", path)
+    names = entry.get("class_names")
+    if not isinstance(entry.get("spec"), dict) or not (
+            isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise WeightFileError(f"its '{SPEC_KEY}' entry lacks a 'spec' object or a 'class_names' list", path)
+    return entry
+
+
 def _read_pickle(path: Path, size: int) -> Dict[str, Any]:
     with open(path, "rb") as handle:
         obj = restricted_load(handle, path, size)
@@ -223,9 +269,10 @@ def _read_pickle(path: Path, size: int) -> Dict[str, Any]:
                 cfg = load_detectron_cfg_text(cfg_text, path)
             except ConfigError as exc:
                 cfg_error = exc.message
-        other = {k: v for k, v in keys.items() if k not in ("blobs", "cfg")}
+        stored = _parse_spec_entry(keys[SPEC_KEY], path) if SPEC_KEY in keys else None
+        other = {k: v for k, v in keys.items() if k not in ("blobs", "cfg", SPEC_KEY)}
         return dict(flavour="detectron_detector", blobs=blobs, momentum=momentum, cfg_text=cfg_text, cfg=cfg,
-                    cfg_error=cfg_error, metadata=other)
+                    cfg_error=cfg_error, metadata=other, stored_spec=stored)
     if "model" in keys and "__author__" in keys:
         if not isinstance(keys["model"], dict):
             raise WeightFileError("a detectron2 pickle whose 'model' is not a dict of arrays", path)
@@ -357,4 +404,10 @@ def describe_metadata(wf: WeightFile) -> Dict[str, str]:
     for key, value in wf.metadata.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         out[str(key)] = text if len(text) <= 200 else text[:197] + "..."
+    if wf.stored_spec is not None:  # the 'detconvert' entry, in words (the spec wins over the cfg when loading)
+        spec, body = wf.stored_spec["spec"], wf.stored_spec["spec"].get("body") or {}
+        shape = ", ".join(f"{k} {body[k]}" for k in ("block_counts", "stem_out_dim", "res2_out_dim") if k in body)
+        out[SPEC_KEY] = (f"detconvert spec stored beside the cfg (load_model builds from it): "
+                         f"{spec.get('conv_body_name') or spec.get('meta_arch')}, {shape}; "
+                         f"classes {', '.join(wf.stored_spec['class_names'])}")
     return out

@@ -221,7 +221,8 @@ class TrainOptions:
     """Everything ``train_net_step.py`` takes (flag names in comments).
 
     Attributes:
-        cfg: Detectron YAML path, text or nested dict (``--cfg``).
+        cfg: Detectron YAML path, text or nested dict (``--cfg``); None with ``load_detectron``: the cfg
+            embedded in that file (its class names and narrow body too, when it carries a ``'detconvert'`` entry).
         annotations: COCO-format json (``--dataset``).
         image_dir: folder of the images (default: beside the json, ``images/``).
         output_dir: checkpoints go to ``<output_dir>/ckpt`` (``--output_dir``).
@@ -249,7 +250,7 @@ class TrainOptions:
         log: where progress lines go.
     """
 
-    cfg: Union[PathLike, Mapping[str, Any]]
+    cfg: Optional[Union[PathLike, Mapping[str, Any]]]
     annotations: Optional[PathLike] = None
     image_dir: Optional[PathLike] = None
     output_dir: Optional[PathLike] = None
@@ -320,7 +321,9 @@ def _load_detectron_model(options: TrainOptions) -> Tuple[DetectronModel, List[s
     from detconvert.modeling.loading import load_detectron_blobs
 
     wf = load_weights(options.load_detectron)
-    translated = translate_config(options.cfg, weights_cfg_or_blobs=wf, overrides=list(options.overrides))
+    # Without --cfg the weight file's embedded cfg is the training config (read_source takes a .pkl).
+    cfg_source = options.cfg if options.cfg is not None else options.load_detectron
+    translated = translate_config(cfg_source, weights_cfg_or_blobs=wf, overrides=list(options.overrides))
     cfg = translated.cfg.to_dict()
     spec = build_spec(cfg)
     if options.body_override:
@@ -330,8 +333,12 @@ def _load_detectron_model(options: TrainOptions) -> Tuple[DetectronModel, List[s
         spec = dataclasses.replace(spec, body=dataclasses.replace(spec.body, **body))
     model = build_model(spec)
     load_detectron_blobs(model, wf.blobs, source=wf.path)
+    stored = wf.stored_spec["class_names"] if wf.stored_spec is not None else None
     try:
-        names = default_class_names(spec.num_classes, options.source_classes)
+        if stored and not options.source_classes and len(stored) == spec.num_classes:
+            names = list(stored)  # the names the file carries in its 'detconvert' entry
+        else:
+            names = default_class_names(spec.num_classes, options.source_classes)
     except DetconvertError as exc:
         raise DetconvertError(str(exc), "--source-classes") from None
     if len(names) != spec.num_classes:
@@ -407,6 +414,9 @@ def train(options: TrainOptions) -> TrainResult:
                               "--source-classes")
     if options.keep_classes and options.num_classes:
         raise DetconvertError("give either --keep-classes or --num-classes, not both", "--keep-classes")
+    if options.cfg is None and not options.load_detectron:
+        raise DetconvertError("no config: pass --cfg YAML (or --load_detectron PKL, whose embedded cfg is used)",
+                              "--cfg")
     if options.annotations is None:
         raise DetconvertError("no training data: pass --dataset <annotations.json>", "--dataset")
     ann = Path(options.annotations)
@@ -435,7 +445,7 @@ def train(options: TrainOptions) -> TrainResult:
                                                    and spec.box_head is not None)
     if not trainable:
         raise ConfigError("detconvert train trains end-to-end R-CNN models (RPN + box head) and RetinaNet; "
-                          f"this config is {spec.meta_arch}/{spec.pipeline}", str(options.cfg))
+                          f"this config is {spec.meta_arch}/{spec.pipeline}", str(options.cfg or options.load_detectron))
 
     tcfg = TrainConfig.from_detectron(cfg)
     solver = SolverConfig.from_detectron(cfg.get("SOLVER", {}))
@@ -632,18 +642,29 @@ def _jsonable(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------- export
 
 
-def export_detectron_pickle(model: DetectronModel, cfg_text: str, path: PathLike) -> Path:
-    """Write ``model`` as a Detectron ``model_final.pkl``: ``{'blobs': {blob: float32}, 'cfg': yaml}``.
+def export_detectron_pickle(model: DetectronModel, cfg_text: str, path: PathLike,
+                            class_names: Optional[Sequence[str]] = None, **provenance: Any) -> Path:
+    """Write ``model`` as a Detectron ``model_final.pkl``: ``{'blobs': {blob: float32}, 'cfg': yaml, 'detconvert': json}``.
 
     Blob names come from the model's mapping table (the inverse of the reader), in the Python-2.7
     protocol-2 byte format of Detectron's ``save_object``; the file is written atomically and
     reads back through :func:`detconvert.io.weights.load_weights` / ``load_detectron_blobs``.
+    With ``class_names`` the container also carries the ``'detconvert'`` entry (the model's spec, the
+    class names and ``provenance``; :mod:`detconvert.io.weights`), which Detectron ignores and which
+    lets ``load_model`` / every command load a body no Detectron key describes by path alone.
     """
     from detconvert.io.py2_pickle_writer import Py2PickleWriter
     from detconvert.io.atomic import atomic_write
+    from detconvert.io.weights import SPEC_KEY, spec_entry_text
 
     state = model.state_dict()
     blobs = {blob: state[name].detach().cpu().numpy().astype(np.float32) for name, blob in model.blob_table().items()}
+    container: Dict[str, Any] = {"blobs": blobs, "cfg": cfg_text}
+    if class_names is not None:
+        if len(class_names) != model.spec.num_classes:
+            raise DetconvertError(f"{len(class_names)} class names for a model of {model.spec.num_classes} classes "
+                                  "(background included)", path)
+        container[SPEC_KEY] = spec_entry_text(model.spec.to_dict(), class_names, **provenance)
     with atomic_write(path, "wb") as handle:
-        Py2PickleWriter(handle).dump({"blobs": blobs, "cfg": cfg_text})
+        Py2PickleWriter(handle).dump(container)
     return Path(path)
