@@ -23,7 +23,7 @@ import pycocotools.mask as mask_util
 from detconvert.io.atomic import atomic_write
 
 __all__ = ["SHAPE_CLASSES", "ShapeInstance", "make_shapes_image", "shapes_coco_dict", "write_shapes_dataset",
-           "write_keypoint_shapes_dataset"]
+           "write_keypoint_shapes_dataset", "write_shapes_voc"]
 
 #: Category names in category-id order (id = index + 1); contiguous class = id.
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
@@ -363,3 +363,43 @@ def write_keypoint_shapes_dataset(out_dir: Union[str, Path], num_images: int = 4
     with atomic_write(ann, "w", True) as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
     return ann, image_dir
+
+
+def write_shapes_voc(
+    out_dir: Union[str, Path], num_images: int = 8, seed: int = 0, size: int = 128, split: str = "test",
+    year: int = 2007, jpeg_quality: int = 95, min_radius: float = 10.0, max_radius: float = 26.0,
+) -> Path:
+    """Write shapes images as a PASCAL VOC year folder: ``VOC<year>/JPEGImages/<name>.jpg``,
+    ``Annotations/<name>.xml`` (``bndbox`` = the polygon's box in the devkit's 1-based pixels) and
+    ``ImageSets/Main/<split>.txt``; names are ``000001``, ``000002``, ... as VOC2007's. The shapes drawn are
+    those of :func:`write_shapes_dataset` for the same seed and radii (``seed=0, num_images=4`` are the shipped
+    demo model's training images), saved as JPEG.
+
+    Returns:
+        The year folder (what ``detconvert eval --voc`` takes).
+    """
+    from detconvert.evaluation.voc import VocObject, write_annotation
+
+    root = Path(out_dir) / f"VOC{year}"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    names = []
+    for i in range(num_images):
+        image, shapes = make_shapes_image(rng, size=size, min_radius=min_radius, max_radius=max_radius)
+        name = f"{i + 1:06d}"
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        if not ok:  # pragma: no cover - JPEG encoding of a uint8 image cannot fail
+            raise RuntimeError("JPEG encoding failed")
+        with atomic_write(root / "JPEGImages" / f"{name}.jpg", "wb", True) as f:
+            f.write(encoded.tobytes())
+        objects = []
+        for shape in shapes:
+            xs, ys = shape.polygon[0::2], shape.polygon[1::2]
+            box = (int(min(xs)) + 1, int(min(ys)) + 1, int(max(xs)) + 1, int(max(ys)) + 1)  # 0-based -> VOC's 1-based
+            objects.append(VocObject(shape.name, box, False))
+        write_annotation(root / "Annotations" / f"{name}.xml", f"{name}.jpg", size, size, objects)
+        names.append(name)
+    with atomic_write(root / "ImageSets" / "Main" / f"{split}.txt", "w", True) as f:
+        f.write("".join(n + "\n" for n in names))
+    return root
