@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                        help="no progress bar (it is shown only on a terminal anyway)")
     voc = parser.add_argument_group("PASCAL VOC (Detectron's voc_eval: IoU > 0.5, difficult objects ignored)")
-    voc.add_argument("--voc", metavar="DIR", help="a VOC year folder (VOCdevkit/VOC2007: Annotations/, ImageSets/Main/, "
-                                                  "JPEGImages/) instead of --annotations")
+    voc.add_argument("--voc", metavar="DIR",
+                     help="a VOC year folder (VOCdevkit/VOC2007: Annotations/, ImageSets/Main/, JPEGImages/) "
+                          "instead of --annotations")
     voc.add_argument("--split", metavar="NAME", help="image set: ImageSets/Main/NAME.txt (default test)")
     voc.add_argument("--voc-metric", "--voc_metric", dest="voc_metric", choices=("07", "area"),
                      help="07: VOC2007 11-point AP; area: area under the PR curve "
@@ -103,8 +104,6 @@ def _run_voc(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detconvert.evaluation.evaluate import evaluate_dataset, evaluate_results_file
-
     if args.voc:
         return _run_voc(args)
     for flag, value in (("--split", args.split), ("--voc-metric", args.voc_metric),
@@ -113,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             raise DetconvertError("only used with --voc DIR", flag)
     if not args.annotations:
         raise DetconvertError("needs --annotations JSON (a COCO-format dataset) or --voc DIR (a PASCAL VOC folder)")
+    from detconvert.evaluation.evaluate import evaluate_dataset, evaluate_results_file  # after the argument checks
+
     if args.results:
         if args.weights:
             raise DetconvertError("give either --results or weights, not both", "--results")
