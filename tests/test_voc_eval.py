@@ -375,6 +375,20 @@ def test_results_folder_json_and_class_reports(tmp_path, capsys):
     json_path.write_text(json.dumps([{"image_id": 1, "category_id": 99, "bbox": [0, 0, 20, 20], "score": 0.9}]))
     assert cli.main(["eval", "--voc", str(folder), "--split", "val", "--results", str(json_path)]) == 2
     assert "category ids not in the voc class table: 99 (1)" in capsys.readouterr().err
+    # --classes-map renames the results' classes (a shapes model scored as VOC's dog)
+    (res / "comp4_det_val_circle.txt").write_text("000001 0.9 1 1 20 20\n")
+    (tmp_path / "map.txt").write_text("circle = dog\n")
+    assert cli.main(["eval", "--voc", str(folder), "--split", "val", "--results", str(res),
+                     "--classes-map", str(tmp_path / "map.txt")]) == 0
+    captured = capsys.readouterr()
+    assert "mAP = 1.0000 over 1 classes" in captured.out
+    assert "2 model classes map to no class of the dataset" in captured.err
+    # flags of the other dataset kind are refused, one line
+    for argv, flag in ((["--voc", str(folder), "--ann", "x.json"], "--annotations"),
+                       (["--ann", "x.json", "--split", "val"], "--split"),
+                       (["--ann", "x.json", "--classes-map", "m.txt"], "--classes-map"), ([], "--voc DIR")):
+        assert cli.main(["eval", *argv, "--results", str(res)]) == 2
+        assert flag in capsys.readouterr().err
     # a folder name without a year: the metric must be said
     plain = tmp_path / "plain"
     folder.rename(plain)

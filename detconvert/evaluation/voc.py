@@ -718,7 +718,8 @@ def evaluate_class_detections(
         notes.append(f"the model has no class for {counted} [class (objects)]: left out of the mean")
     if mapping.unused:
         shown = ", ".join(mapping.unused[:10]) + (", ..." if len(mapping.unused) > 10 else "")
-        notes.append(f"{len(mapping.unused)} model classes are not classes of the dataset, not evaluated: {shown}")
+        notes.append(f"{len(mapping.unused)} model classes map to no class of the dataset (by name or by the "
+                     f"classes map), not evaluated: {shown}")
     for note in notes:
         warn(note)
     return VocReport(dataset.split, dataset.year, metric, classes, missing, list(mapping.unused),
@@ -789,9 +790,15 @@ def _check_anything_evaluated(mapping: ClassMapping, dataset: VocDataset, source
             source)
 
 
+def _numeric_names(dataset: VocDataset) -> bool:
+    """True when every image name is a number and no two are the same number (``000001`` -> image id 1)."""
+    names = dataset.image_names
+    return all(n.isdigit() for n in names) and len({int(n) for n in names}) == len(names)
+
+
 def _json_image_names(dataset: VocDataset) -> Dict[Any, str]:
     names: Dict[Any, str] = {name: name for name in dataset.image_names}
-    if all(n.isdigit() for n in dataset.image_names) and len({int(n) for n in dataset.image_names}) == len(names):
+    if _numeric_names(dataset):
         names.update({int(n): n for n in dataset.image_names})  # detconvert infer's ids for numeric names
     return names
 
@@ -894,7 +901,7 @@ def evaluate_voc(
 
     lines: Dict[str, List[str]] = {name: [] for name in mapping.evaluated}
     coco_records: List[dict] = []
-    numeric = all(n.isdigit() for n in dataset.image_names)
+    numeric = _numeric_names(dataset)
     read = 0
     batch: List[Tuple[str, Path, Optional[np.ndarray]]] = []
 
