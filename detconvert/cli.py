@@ -4,6 +4,12 @@ Each subcommand lives in ``detconvert/commands/<name>.py`` and defines ``HELP`` 
 ``add_arguments(parser)`` and ``run(args) -> int``. Bad input raises
 :class:`detconvert.errors.DetconvertError`, printed here as one line with exit code 2;
 ``--debug`` shows the traceback instead.
+
+Start-up stays lean: ``--help``, ``inspect``, ``config``, ``zoo list`` and every argument error answer without
+importing torch, torchvision, cv2 or pycocotools. So a ``commands/<name>.py`` module and its
+``add_arguments`` import only light modules (numpy, yaml, detconvert's io/config/inspect/zoo); the heavy
+stages are imported inside ``run``, after the arguments are checked. ``tests/test_cli_lean.py`` checks the
+import graph. Only the chosen subcommand's ``add_arguments`` runs (the others need just their ``HELP``).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from typing import List, Optional
 from detconvert.errors import DetconvertError
 
 # Order is the order of `detconvert --help`.
-SUBCOMMANDS = ("demo", "inspect", "config", "weights", "infer", "eval", "train", "zoo", "export")
+SUBCOMMANDS = ("demo", "inspect", "config", "weights", "infer", "eval", "train", "zoo", "export", "doctor")
 
 
 def _load(name: str):
@@ -29,7 +35,13 @@ def _load(name: str):
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: List[str]) -> Optional[str]:
+    # The top-level parser has only flags without values (-h, --debug), so the first other word is the command.
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``detconvert`` parser; with ``command``, only that subcommand gets its arguments (the rest: help)."""
     parser = argparse.ArgumentParser(
         prog="detconvert",
         description="Detectron (Caffe2) models in PyTorch with Detectron's numerics.",
@@ -42,13 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show a traceback on errors")
-        module.add_arguments(sub)
+        if command is None or command == name:
+            module.add_arguments(sub)
         sub.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_chosen_command(argv) or "")
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -23,12 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detconvert.commands.infer import override_pairs
-    from detconvert.export.checkpoint import convert_weights
     from detconvert.io.atomic import atomic_write
+
+    overrides = override_pairs(args.set_cfgs)  # a bad --set fails before torch loads
+    from detconvert.export.checkpoint import convert_weights
 
     result = convert_weights(
         args.source, args.cfg, dataset=args.dataset, output=args.output, fmt=args.fmt, force=args.force,
-        overrides=override_pairs(args.set_cfgs),
+        overrides=overrides,
     )
     print(result.report.format_table())
     if args.report:

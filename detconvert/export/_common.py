@@ -11,13 +11,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from detconvert.errors import MappingError, PathLike
 from detconvert.io.weights import WeightFile
-from detconvert.modeling.detector import DetectronModel
+
+if TYPE_CHECKING:  # annotations only: `detconvert export --help` reads TARGETS without importing torch
+    from detconvert.modeling.detector import DetectronModel
 
 #: Tensor-name suffix -> (kind, is the tensor of a norm layer). Checked in this order, longest first,
 #: so that ``_bn_b`` is not read as a conv bias ``_b``.

@@ -28,7 +28,6 @@ import zlib
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 from detconvert.data.classes import COCO_KEYPOINT_NAMES, COCO_KEYPOINT_SKELETON
@@ -36,6 +35,8 @@ from detconvert.errors import DetconvertError, PathLike
 from detconvert.io.atomic import atomic_write
 from detconvert.structures import Detections
 
+# cv2 is imported inside the drawing functions: `detconvert infer --help` reads PROPOSALS_DRAWN from here
+# and must not load OpenCV (see detconvert/commands/__init__.py).
 PICTURE_EXTS = ("png", "jpg", "jpeg", "pdf")
 
 # Colours Detectron uses (BGR tuples for OpenCV), from vis.py's _GREEN/_GRAY/_WHITE.
@@ -108,6 +109,8 @@ def class_label(class_index: int, score: float, class_names: Optional[Sequence[s
 
 def draw_mask(image: np.ndarray, mask: np.ndarray, color_bgr: np.ndarray, alpha: float = MASK_ALPHA) -> np.ndarray:
     """Blend ``mask`` into ``image`` with ``alpha`` and outline it in white (``vis_mask``)."""
+    import cv2
+
     out = image.astype(np.float32)
     ys, xs = np.nonzero(mask)
     out[ys, xs, :] *= 1.0 - alpha
@@ -119,6 +122,8 @@ def draw_mask(image: np.ndarray, mask: np.ndarray, color_bgr: np.ndarray, alpha:
 
 def draw_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     """1 px green rectangle from ``(int(x1), int(y1))`` to ``(int(x2), int(y2))`` (``vis_bbox``)."""
+    import cv2
+
     x1, y1, x2, y2 = (int(v) for v in box[:4])
     cv2.rectangle(image, (x1, y1), (x2, y2), BOX_COLOR, thickness=1)
     return image
@@ -126,6 +131,8 @@ def draw_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
 
 def draw_label(image: np.ndarray, x: float, y: float, text: str) -> np.ndarray:
     """Grey text on a green strip whose bottom-left corner is at ``(x, y)`` (``vis_class``)."""
+    import cv2
+
     x0, y0 = int(x), int(y)
     font = cv2.FONT_HERSHEY_SIMPLEX
     (text_w, text_h), _ = cv2.getTextSize(text, font, LABEL_FONT_SCALE, 1)
@@ -152,6 +159,8 @@ def draw_keypoints(
         keypoint_names: names of the K keypoints; the skeleton needs COCO's names, otherwise only the
             points are drawn.
     """
+    import cv2
+
     kps = np.asarray(keypoints, dtype=np.float64)
     names = list(keypoint_names)
     have_skeleton = len(names) == kps.shape[1] and all(a in names and b in names for a, b in COCO_KEYPOINT_SKELETON)
@@ -314,6 +323,8 @@ def pdf_bytes(image_bgr: np.ndarray) -> bytes:
 
 def encode_picture(image_bgr: np.ndarray, ext: str) -> bytes:
     """Encode a BGR picture as ``png``, ``jpg``/``jpeg`` or ``pdf`` bytes."""
+    import cv2
+
     ext = ext.lower().lstrip(".")
     if ext == "pdf":
         return pdf_bytes(image_bgr)
