@@ -12,6 +12,7 @@ The house, stages in data order; a folder imports only from the folders above it
     inference/   run    load_model / Predictor, Detectron's test path, proposals, results json, folder runner, pictures
     evaluation/  score  COCO evaluation of results files and datasets
     export/      write  safetensors / pth checkpoints, detectron2, torchvision, ONNX;   train/  fine-tune
+    doctor/      check  package versions, CPU features, CUDA, cache folder, model host: what to fix
     cli, commands/, demo   the thin command line over one library call each
 """
 __version__ = "0.1.0"

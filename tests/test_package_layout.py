@@ -25,6 +25,7 @@ STAGES = [
     ("evaluation",),
     ("export",),
     ("train",),
+    ("doctor",),
     ("demo", "commands", "cli", "__main__"),
 ]
 RANK = {name: rank for rank, names in enumerate(STAGES) for name in names}

@@ -10,7 +10,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from detconvert.errors import DetconvertError
 
-HELP = "detect on images or folders: Detectron-style pictures (PNG/JPG/PDF) and a COCO results json"
+HELP = ("detect on images or folders (Detectron-style pictures and a COCO results json) or on a video, camera "
+        "or stream (--video: a drawn video and JSON lines)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="no progress bar (it is shown only on a terminal anyway)")
     add_proposal_arguments(parser)
     add_parallel_arguments(parser)
+    add_video_arguments(parser)
 
 
 def add_proposal_source_arguments(parser: argparse.ArgumentParser, title: str = "proposals (fast_rcnn models)"):
@@ -187,12 +189,61 @@ def sharded_predict_paths(args: argparse.Namespace):
     return lambda paths: predict_paths(loader, paths, num_gpus=args.num_gpus, num_processes=args.num_processes)
 
 
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--video SRC`` and its outputs (:func:`detconvert.inference.video.infer_video`)."""
+    group = parser.add_argument_group("video and streams (instead of images)")
+    group.add_argument("--video", metavar="SRC",
+                       help="a video file, a camera index (0) or a stream URL (rtsp://, http://) that "
+                            "cv2.VideoCapture opens; decoded in a background thread")
+    group.add_argument("--output-video", "--output_video", dest="output_video", metavar="OUT.mp4",
+                       help="the video drawn Detectron-style, same fps and size (codec by extension: mp4v for "
+                            ".mp4/.m4v/.mov/.mkv, MJPG for .avi); written to a temp file, renamed at the end")
+    group.add_argument("--json-lines", "--json_lines", dest="json_lines", metavar="FILE",
+                       help="one JSON line per processed frame: frame index, timestamp (s), detections in the "
+                            "COCO result fields (image_id = frame index)")
+    group.add_argument("--every", type=int, default=1, metavar="N",
+                       help="run the model on every N-th frame (default 1); the drawn video keeps every frame, "
+                            "showing the latest detections")
+    group.add_argument("--max-frames", "--max_frames", dest="max_frames", type=int, metavar="N",
+                       help="stop after N frames of the source")
+    group.add_argument("--fourcc", metavar="CODE", help="codec of --output-video, e.g. mp4v, MJPG, XVID")
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """``infer --video``: one library call (:func:`detconvert.inference.video.infer_video`); exit 130 after Ctrl-C."""
+    if [*args.im_or_folder, *args.image_dirs, *args.images]:
+        raise DetconvertError("give images or --video, not both", "--video")
+    if args.proposals or args.rpn_weights or args.proposals_out:
+        raise DetconvertError("video runs models with their own RPN; precomputed proposals are for image folders",
+                              "--video")
+    if args.num_gpus or args.num_processes != 1:
+        raise DetconvertError("video runs in one process (frames arrive in order); drop --num-processes / "
+                              "--num-gpus", "--video")
+    for flag, value in (("--every", args.every), ("--max-frames", args.max_frames), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise DetconvertError(f"must be >= 1, got {value}", flag)
+    from detconvert.inference.video import infer_video, parse_source
+
+    parse_source(args.video)  # a missing file fails before the weights load
+    predictor = load_predictor(args)
+    summary = infer_video(
+        predictor, args.video, output_video=args.output_video, json_lines=args.json_lines, every=args.every,
+        max_frames=args.max_frames, batch_size=args.batch_size, thresh=args.thresh, kp_thresh=args.kp_thresh,
+        classes=[c for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        class_table=class_table_from_args(args, predictor), fourcc=args.fourcc, progress=args.progress,
+    )
+    print(summary.format_line())
+    return 130 if summary.interrupted else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.video is not None:
+        return run_video(args)
     from detconvert.inference.runner import collect_images, infer_images
 
     inputs = [*args.im_or_folder, *args.image_dirs, *args.images]
     if not inputs:
-        raise DetconvertError("no images given: pass IMAGE_OR_FOLDER, --image_dir DIR or --images FILE ...")
+        raise DetconvertError("no images given: pass IMAGE_OR_FOLDER, --image_dir DIR, --images FILE ... or --video SRC")
     images = collect_images(inputs, args.image_ext)  # missing paths and empty folders fail before the weights load
     if args.proposals_drawn < 0:
         raise DetconvertError(f"must be >= 0, got {args.proposals_drawn}", "--proposals-drawn")

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -23,7 +23,7 @@ import pycocotools.mask as mask_util
 from detconvert.io.atomic import atomic_write
 
 __all__ = ["SHAPE_CLASSES", "ShapeInstance", "make_shapes_image", "shapes_coco_dict", "write_shapes_dataset",
-           "write_keypoint_shapes_dataset", "write_shapes_voc"]
+           "write_keypoint_shapes_dataset", "write_shapes_voc", "moving_shapes_frames"]
 
 #: Category names in category-id order (id = index + 1); contiguous class = id.
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
@@ -403,3 +403,42 @@ def write_shapes_voc(
     with atomic_write(root / "ImageSets" / "Main" / f"{split}.txt", "w", True) as f:
         f.write("".join(n + "\n" for n in names))
     return root
+
+
+def moving_shapes_frames(
+    num_frames: int, radius: float = 8.0, period: int = 24, seed: int = 0, image_index: int = 1, size: int = 128,
+) -> Iterator[Tuple[np.ndarray, List[ShapeInstance]]]:
+    """Frames of a synthetic video: the shapes of one :func:`write_shapes_dataset` image gliding around a circle.
+
+    The scene is image ``image_index`` of ``write_shapes_dataset(seed=seed, size=size)`` (by default image 1
+    of seed 0, one of the shipped demo model's four training images: two circles and a square); its shapes
+    move together along a circle of ``radius`` pixels, one turn per ``period`` frames (clamped so that they
+    stay inside the frame), over the image's background colour with its noise redrawn every frame. Pixels
+    are painted as :func:`make_shapes_image` paints them (pycocotools' rasterisation of the polygon), so
+    each frame's :class:`ShapeInstance` polygons are its exact ground-truth masks.
+
+    Yields:
+        ``(image, shapes)`` per frame: a BGR ``uint8`` ``size x size x 3`` image and its shapes.
+    """
+    rng = np.random.RandomState(seed)
+    for _ in range(image_index + 1):
+        scene, shapes = make_shapes_image(rng, size=size)
+    masks = [mask_util.decode(mask_util.frPyObjects([list(s.polygon)], size, size))[:, :, 0].astype(bool)
+             for s in shapes]
+    colours = [scene[m][0] for m in masks]  # shapes are painted flat (no noise inside)
+    background = np.median(scene[~np.any(masks, axis=0)], axis=0).astype(np.int32)  # noise is symmetric
+    xs = [v for s in shapes for v in s.polygon[0::2]]
+    ys = [v for s in shapes for v in s.polygon[1::2]]
+    noise = np.random.RandomState(seed + 1)
+    for index in range(num_frames):
+        angle = 2 * math.pi * index / period
+        dx = int(np.clip(round(radius * math.cos(angle)), -min(xs), size - 1 - max(xs)))
+        dy = int(np.clip(round(radius * math.sin(angle)), -min(ys), size - 1 - max(ys)))
+        image = np.clip(background + noise.randint(-12, 13, size=(size, size, 3)), 0, 255).astype(np.uint8)
+        moved = []
+        for shape, colour in zip(shapes, colours):
+            polygon = tuple(float(v + (dx if k % 2 == 0 else dy)) for k, v in enumerate(shape.polygon))
+            inside = mask_util.decode(mask_util.frPyObjects([list(polygon)], size, size))[:, :, 0].astype(bool)
+            image[inside] = colour
+            moved.append(ShapeInstance(shape.name, polygon))
+        yield image, moved
