@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from detconvert.demo import SHAPES_MODEL, run_demo
 from detconvert.errors import DetconvertError
 
 HELP = "run the reading/conversion path end to end on detconvert's embedded sample model"
@@ -21,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detconvert.demo import SHAPES_MODEL, run_demo  # imported here: every `detconvert ...` loads this module
+
     if args.where:
         if not SHAPES_MODEL.exists():
             raise DetconvertError("the shipped shapes model is missing from this installation", SHAPES_MODEL)

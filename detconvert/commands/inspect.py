@@ -4,10 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from detconvert.inspect import inspect_weights
-from detconvert.io.weights import load_weights
-from detconvert.zoo import resolve_weights
-
 HELP = "say what a weight file is: flavour, architecture from its blobs, embedded cfg, what it can be used for"
 
 
@@ -23,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detconvert.inspect import inspect_weights  # imported here: every `detconvert ...` loads this module
+    from detconvert.io.weights import load_weights
+    from detconvert.zoo import resolve_weights
+
     path = resolve_weights(args.file, offline=args.offline)
     report = inspect_weights(load_weights(path), with_sha256=not args.no_hash)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.format_text())

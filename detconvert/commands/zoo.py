@@ -4,13 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from detconvert.zoo import ENTRY_TYPES, cached_file, default_cache_dir, fetch, load_catalogue, model_base_url
-from detconvert.zoo.listing import describe, format_table
-
 HELP = "list, show and download Detectron model-zoo weights (by name, model id or config)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from detconvert.zoo import ENTRY_TYPES  # imported here and in run: every `detconvert ...` loads this module
+
     actions = parser.add_subparsers(dest="zoo_action", metavar="ACTION")
     actions.required = True
 
@@ -30,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detconvert.zoo import cached_file, default_cache_dir, fetch, load_catalogue, model_base_url
+    from detconvert.zoo.listing import describe, format_table
+
     catalogue = load_catalogue()
     if args.zoo_action == "list":
         entries = catalogue.of_type(args.type)
