@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         weights_cfg_or_blobs=args.weights,
         overrides=[tuple(pair) for pair in args.set],
     )
-    spec = build_spec(translated.cfg)  # fails here, before writing, if the network cannot be built
+    spec = build_spec(translated.cfg, translated.source)  # fails here, before writing, if the network cannot be built
     if args.output:
         with atomic_write(args.output, "w", force=args.force) as handle:
             handle.write(translated.to_yaml())

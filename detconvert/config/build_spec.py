@@ -6,10 +6,10 @@ What Detectron builds is decided in ``modeling/model_builder.py`` (which heads e
 """
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from detconvert.config.modules import resolve_model_type, resolve_module, strip_add
-from detconvert.errors import ConfigError
+from detconvert.errors import ConfigError, PathLike
 from detconvert.spec import (
     ArchSpec,
     BoxHeadSpec,
@@ -88,7 +88,21 @@ def _xform(section: Mapping[str, Any]) -> RoIXformSpec:
     )
 
 
-def build_spec(cfg: Mapping[str, Any]) -> ArchSpec:
+def build_spec(cfg: Mapping[str, Any], source: Optional[PathLike] = None) -> ArchSpec:
+    """The architecture a (translated or Detectron) inferred config describes.
+
+    ``source`` (``TranslatedConfig.source``: the config file) is named by every error, as the
+    translation's own errors do. See :func:`_build_spec` for the rest.
+    """
+    try:
+        return _build_spec(cfg)
+    except ConfigError as exc:
+        if source is None or exc.source is not None:
+            raise
+        raise ConfigError(exc.message, source) from None
+
+
+def _build_spec(cfg: Mapping[str, Any]) -> ArchSpec:
     """The architecture a (translated or Detectron) inferred config describes.
 
     Args:

@@ -137,7 +137,7 @@ class TranslatedConfig:
             "num_classes_source": self.num_classes_source,
             "report": [c.to_json() for c in self.report],
             "hints": {k: _plain(v) for k, v in self.hints.items()},
-            "spec": build_spec(self.cfg).to_dict(),
+            "spec": build_spec(self.cfg, self.source).to_dict(),
         }
 
     def to_yaml(self) -> str:
@@ -215,12 +215,9 @@ def _parse_yaml_text(text: str, label: str) -> Dict[str, Any]:
         from detconvert.io.cfg_yaml import load_detectron_cfg_text
 
         return load_detectron_cfg_text(text, label)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}{line}", label) from exc
+    from detconvert.io.cfg_yaml import load_config_yaml
+
+    data = load_config_yaml(text, label)  # PyYAML's safe loader, with size, depth and alias-expansion limits
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -21,6 +21,12 @@ if TYPE_CHECKING:  # the predictor pulls in torch; proposal files do not need it
 ProposalSource = Callable[[List[Path], List[np.ndarray]], List[np.ndarray]]
 
 
+#: Most images a proposal file may list (COCO train has 118k) and most proposals per image (Detectron
+#: keeps at most 2,000 after NMS, 12,000 before): checked on the list lengths, before any array is made.
+MAX_PROPOSAL_IMAGES = 1 << 19
+MAX_PROPOSALS_PER_IMAGE = 1 << 20
+
+
 def read_proposals(path: PathLike) -> Tuple[List[Any], List[np.ndarray], List[Optional[np.ndarray]]]:
     """Read a proposal file: Detectron's pickle (``rpn_generator``: ``boxes``, ``scores``, ``ids``) or our json.
 
@@ -31,28 +37,70 @@ def read_proposals(path: PathLike) -> Tuple[List[Any], List[np.ndarray], List[Op
         ``(ids, boxes, scores)``, one entry per image in file order (scores may be None).
 
     Raises:
-        DetconvertError: unreadable file, missing ``boxes``, or lists of different lengths.
+        DetconvertError: unreadable file, missing ``boxes``, lists of different lengths, entries that are
+            not numbers, more than :data:`MAX_PROPOSAL_IMAGES` images or :data:`MAX_PROPOSALS_PER_IMAGE`
+            boxes for one image.
     """
     from detconvert.io.unpickle import restricted_load
 
     path = Path(path)
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         else:
             with open(path, "rb") as handle:
                 data = restricted_load(handle, path)
+    except RecursionError:
+        raise DetconvertError("cannot read proposals: nested deeper than Python allows", path) from None
     except (OSError, ValueError) as exc:
-        raise DetconvertError(f"cannot read proposals: {exc}", path) from None
+        raise DetconvertError(f"cannot read proposals: {' '.join(str(exc).split())[:200]}", path) from None
     if not isinstance(data, dict) or "boxes" not in data:
         raise DetconvertError("not a proposal file (expected a dict with 'boxes', 'scores', 'ids')", path)
-    boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in data["boxes"]]
-    ids = list(data.get("ids", data.get("indexes", range(len(boxes)))))
-    scores = [None if s is None else np.asarray(s, dtype=np.float32).reshape(-1) for s in data.get("scores", [None] * len(boxes))]
-    if not (len(ids) == len(boxes) == len(scores)):
-        raise DetconvertError(f"'boxes' ({len(boxes)}), 'scores' ({len(scores)}) and 'ids' ({len(ids)}) differ in length",
+    entries = {"boxes": data["boxes"], "scores": data.get("scores"), "ids": data.get("ids", data.get("indexes"))}
+    for name, value in entries.items():
+        if value is not None and not isinstance(value, (list, tuple)):
+            raise DetconvertError(f"'{name}' is a {type(value).__name__}, not a list with one entry per image", path)
+        if value is not None and len(value) > MAX_PROPOSAL_IMAGES:
+            raise DetconvertError(f"'{name}' lists {len(value):,} images, more than {MAX_PROPOSAL_IMAGES:,}", path)
+    count = len(entries["boxes"])
+    ids = list(range(count)) if entries["ids"] is None else list(entries["ids"])
+    for image_id in ids:
+        if not isinstance(image_id, (int, str, np.integer)) or (
+                isinstance(image_id, int) and not -(1 << 63) <= image_id < (1 << 63)) or (
+                isinstance(image_id, str) and len(image_id) > 1000):
+            what = f"a {type(image_id).__name__}" if not isinstance(image_id, (int, str)) else "too long"
+            raise DetconvertError(f"an image id is {what}, not a number or a file name", path)
+    raw_scores = [None] * count if entries["scores"] is None else entries["scores"]
+    if not (len(ids) == count == len(raw_scores)):
+        raise DetconvertError(f"'boxes' ({count}), 'scores' ({len(raw_scores)}) and 'ids' ({len(ids)}) differ in length",
                               path)
-    return ids, boxes, scores
+    boxes = [_numbers(b, 4, f"boxes of image #{i}", path) for i, b in enumerate(entries["boxes"])]
+    scores = [None if s is None else _numbers(s, 1, f"scores of image #{i}", path) for i, s in enumerate(raw_scores)]
+    for i, (image_boxes, image_scores) in enumerate(zip(boxes, scores)):
+        if image_scores is not None and len(image_scores) != len(image_boxes):
+            raise DetconvertError(f"image #{i} has {len(image_boxes)} boxes but {len(image_scores)} scores", path)
+    return ids, boxes, [None if s is None else s.reshape(-1) for s in scores]
+
+
+def _numbers(value: Any, width: int, what: str, path: Path) -> np.ndarray:
+    """``value`` (an array or nested lists of numbers) as float32 ``[N, width]``, N bounded before allocating."""
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_PROPOSALS_PER_IMAGE * width:
+            raise DetconvertError(f"{what}: {len(value):,} entries, more than {MAX_PROPOSALS_PER_IMAGE:,} proposals",
+                                  path)
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError, OverflowError):
+            raise DetconvertError(f"{what} are not a table of numbers", path) from None
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf" or value.ndim > 2:
+        shown = f"a {value.dtype} array of {value.ndim} dimension(s)" if isinstance(value, np.ndarray) else (
+            f"a {type(value).__name__}")
+        raise DetconvertError(f"{what} are {shown}, not numbers in rows of {width}", path)
+    if value.size % width or (value.ndim == 2 and value.shape[1] != width and value.size):
+        raise DetconvertError(f"{what} have shape {value.shape}, not rows of {width}", path)
+    if value.size // width > MAX_PROPOSALS_PER_IMAGE:
+        raise DetconvertError(f"{what}: {value.size // width:,} proposals, more than {MAX_PROPOSALS_PER_IMAGE:,}", path)
+    return value.astype(np.float32).reshape(-1, width)
 
 
 def write_proposals(path: PathLike, ids: Sequence[Any], boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray],

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from detconvert.errors import ConfigError
 from detconvert.io.weights import WeightFile, describe_metadata
 
 #: Block counts of res2..res5 per ResNet depth (``ResNet.add_ResNet{50,101,152}_conv{4,5}_body``).
@@ -322,8 +323,41 @@ def _function_name(value: Any) -> str:
     return text[4:] if text.startswith("add_") else text
 
 
+# The sections and keys of an embedded cfg that summarise_cfg / compare_with_cfg read.
+_CFG_KEYS_READ = {
+    "MODEL": ("TYPE", "CONV_BODY", "NUM_CLASSES", "MASK_ON", "KEYPOINTS_ON"),
+    "RESNETS": ("NUM_GROUPS", "WIDTH_PER_GROUP", "STRIDE_1X1", "TRANS_FUNC"),
+    "FPN": ("FPN_ON",), "RPN": ("RPN_ON",), "RETINANET": ("RETINANET_ON",),
+    "FAST_RCNN": ("ROI_BOX_HEAD",), "MRCNN": ("ROI_MASK_HEAD",),
+}
+
+
+def check_cfg_sections(cfg: Mapping[str, Any]) -> None:
+    """The sections the summary reads are mappings and their values plain scalars, as in every
+    Detectron cfg (a missing section or key is fine: it reads as None).
+
+    Raises:
+        ConfigError: e.g. ``the embedded cfg's MODEL is a str, not a section of keys``.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"the embedded cfg is a {type(cfg).__name__}, not a mapping of sections")
+    for name, keys in _CFG_KEYS_READ.items():
+        section = cfg.get(name, {})
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"the embedded cfg's {name} is a {type(section).__name__}, not a section of keys")
+        for key in keys:
+            value = section.get(key)
+            if not isinstance(value, (str, int, float, type(None))):  # bool is an int
+                raise ConfigError(f"the embedded cfg's {name}.{key} is a {type(value).__name__}, not a value")
+
+
 def summarise_cfg(cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    """The architecture-defining values of an embedded cfg."""
+    """The architecture-defining values of an embedded cfg.
+
+    Raises:
+        ConfigError: a section it reads is not a mapping (see :func:`check_cfg_sections`).
+    """
+    check_cfg_sections(cfg)
     model, resnets = cfg.get("MODEL", {}), cfg.get("RESNETS", {})
     summary = {
         "MODEL.TYPE": model.get("TYPE"),
@@ -341,7 +375,12 @@ def summarise_cfg(cfg: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def compare_with_cfg(arch: Architecture, cfg: Mapping[str, Any]) -> List[str]:
-    """Where the embedded cfg and the blobs disagree (empty list: they agree)."""
+    """Where the embedded cfg and the blobs disagree (empty list: they agree).
+
+    Raises:
+        ConfigError: a section it reads is not a mapping (see :func:`check_cfg_sections`).
+    """
+    check_cfg_sections(cfg)
     model, resnets = cfg.get("MODEL", {}), cfg.get("RESNETS", {})
     out: List[str] = []
 
@@ -414,9 +453,12 @@ def inspect_weights(wf: WeightFile, with_sha256: bool = False) -> Inspection:
         notes.append("the file has no embedded cfg: pass the config explicitly")
     cfg_summary, agrees, disagreements = None, None, []
     if wf.cfg is not None:
-        cfg_summary = summarise_cfg(wf.cfg)
-        disagreements = compare_with_cfg(arch, wf.cfg)
-        agrees = not disagreements
+        try:
+            cfg_summary = summarise_cfg(wf.cfg)
+            disagreements = compare_with_cfg(arch, wf.cfg)
+            agrees = not disagreements
+        except ConfigError as exc:  # the weights stay usable; the cfg is reported as unreadable
+            notes.append(f"the embedded cfg could not be read: {exc.message}")
     from detconvert.config.model_io import pipeline_io
 
     pipeline = pipeline_of(arch)

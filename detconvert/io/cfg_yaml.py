@@ -11,9 +11,17 @@ ndarray, ``numpy.core.multiarray._reconstruct`` with ``!!binary`` data) and ``BB
 Detectron reads this text with PyYAML's *unsafe* loader, which would run any constructor the text
 names. :class:`DetectronCfgLoader` is a :class:`yaml.SafeLoader` that understands exactly the tags
 above and refuses every other tag with a :class:`~detconvert.errors.ConfigError` naming it.
+
+Both loaders here (this one and :class:`ConfigYamlLoader`, PyYAML's safe loader for users' config files)
+bound what a text can make the reader and its consumers do: the text length (:data:`MAX_YAML_CHARS`),
+the nesting depth (:data:`MAX_YAML_DEPTH`) and the number of nodes once anchors are expanded
+(:data:`MAX_YAML_NODES`: a "billion laughs" text is a few lines of aliases of aliases). A value the
+YAML syntax allows but Python cannot build (an integer of 5,000 digits, a 13th month) is a
+``ConfigError`` too.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -22,6 +30,15 @@ import yaml
 from detconvert.errors import ConfigError, PathLike
 
 _PY = "tag:yaml.org,2002:python/"
+
+#: Longest YAML text read (Detectron's cfg dumps are ~10 KB, its config files ~2 KB).
+MAX_YAML_CHARS = 1 << 20
+#: Deepest nesting of YAML collections (a cfg dump nests 4).
+MAX_YAML_DEPTH = 64
+#: Most nodes once aliases are expanded (a cfg dump has ~1,000; consumers walk every one).
+MAX_YAML_NODES = 100_000
+# numpy.dtype.__reduce__'s type code ('f8', '<f4'): nothing NumPy would parse as a comma string.
+_DTYPE_STRING = re.compile(r"[<>=|]?[A-Za-z?][0-9]{0,3}")
 
 # The AttrDict classes Detectron's dump names (both module paths, see load_cfg's _RENAMED_MODULES).
 ATTRDICT_TAGS = (
@@ -44,7 +61,70 @@ def _short_tag(tag: str) -> str:
     return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
 
 
-class DetectronCfgLoader(yaml.SafeLoader):
+class _BoundedComposer:
+    """Composer limits, before any Python value is constructed: nesting depth, expanded node count."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        depth = getattr(self, "_depth", 0)
+        if depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"collections nested deeper than {MAX_YAML_DEPTH}",
+                                              self.peek_event().start_mark)
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None:
+            _check_expanded(node)
+        return node
+
+
+def _check_expanded(root: yaml.Node) -> None:
+    """Nodes and depth of the tree a consumer walks, each alias expanded: counted over the node graph,
+    each node once (memo), so a billion-laughs text costs microseconds to refuse. A node that holds
+    itself (``&a [*a]``) is refused too."""
+    sizes: Dict[int, tuple] = {}
+    active = set()
+
+    def visit(node: yaml.Node) -> tuple:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it",
+                                              node.start_mark)
+        active.add(key)
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        count, height = 1, 0
+        for child in children:
+            child_count, child_height = visit(child)
+            count, height = count + child_count, max(height, child_height)
+            if count > MAX_YAML_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_YAML_NODES:,} nodes once aliases are expanded", node.start_mark)
+        if height + 1 > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"collections nested deeper than {MAX_YAML_DEPTH} once aliases are expanded",
+                node.start_mark)
+        active.discard(key)
+        sizes[key] = (count, height + 1)
+        return sizes[key]
+
+    visit(root)
+
+
+class ConfigYamlLoader(_BoundedComposer, yaml.SafeLoader):
+    """PyYAML's safe loader with the limits of :class:`_BoundedComposer` (users' Detectron config files)."""
+
+
+class DetectronCfgLoader(_BoundedComposer, yaml.SafeLoader):
     """SafeLoader plus the tags Detectron's ``yaml.dump(cfg)`` emits; nothing else."""
 
 
@@ -100,9 +180,14 @@ def _construct_dtype(loader: DetectronCfgLoader, node: yaml.Node) -> np.dtype:
     # numpy.dtype.__reduce__: (dtype, (kind+size, align, copy), (version, byteorder, ...)).
     fields = _apply_args(loader, node)
     args = list(fields.get("args") or [])
-    if not args or not isinstance(args[0], (str, bytes)):
-        raise yaml.constructor.ConstructorError(None, None, "numpy.dtype needs a type string", node.start_mark)
-    dtype = np.dtype(_as_text(args[0]))
+    if not args or not isinstance(args[0], (str, bytes)) or not _DTYPE_STRING.fullmatch(_as_text(args[0])):
+        raise yaml.constructor.ConstructorError(None, None, "numpy.dtype needs a type code such as 'f8'",
+                                                node.start_mark)
+    try:
+        dtype = np.dtype(_as_text(args[0]))
+    except (TypeError, ValueError, SyntaxError):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"unknown numpy dtype {_as_text(args[0])!r}", node.start_mark) from None
     if dtype.kind not in "biufc":
         raise yaml.constructor.ConstructorError(
             None, None, f"numpy dtype {dtype} is not numeric", node.start_mark
@@ -141,9 +226,17 @@ def _construct_reconstruct(loader: DetectronCfgLoader, node: yaml.Node) -> np.nd
     shape, dtype, is_fortran, raw = state[-4:]
     if not isinstance(dtype, np.dtype) or not isinstance(raw, (bytes, str)):
         raise yaml.constructor.ConstructorError(None, None, "malformed ndarray state", node.start_mark)
-    raw = raw.encode("latin1") if isinstance(raw, str) else raw
-    shape = tuple(int(s) for s in shape)
-    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(raw):
+    try:
+        raw = raw.encode("latin1") if isinstance(raw, str) else raw
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise yaml.constructor.ConstructorError(None, None, "malformed ndarray state", node.start_mark) from None
+    nbytes = dtype.itemsize
+    for size in shape:  # Python ints, stopped as soon as the shape needs more than the data has
+        nbytes *= size
+        if size < 0 or nbytes > len(raw):
+            break
+    if len(shape) > 32 or any(s < 0 for s in shape) or nbytes != len(raw):
         raise yaml.constructor.ConstructorError(
             None, None, f"ndarray data has {len(raw)} bytes, shape {shape} of {dtype} needs more", node.start_mark
         )
@@ -166,6 +259,34 @@ DetectronCfgLoader.add_multi_constructor(_PY, _refuse)  # any other python/* tag
 DetectronCfgLoader.add_constructor(None, _refuse_unknown)  # any other unknown tag
 
 
+def _parse(text: str, loader: type, where: str, prefix: str) -> Any:
+    """``yaml.load`` with ``loader``; every failure a one-line ConfigError naming ``where``."""
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{prefix}: {len(text):,} characters, more than any Detectron config "
+                          f"(at most {MAX_YAML_CHARS:,} read)", where)
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - both loaders are SafeLoaders
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{prefix}: {problem}{line}", where) from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # A scalar YAML accepts that Python cannot build (int('9' * 5000), a 13th month), or an
+        # unhashable mapping key from a Python tag.
+        raise ConfigError(f"{prefix}: a value Python cannot build ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120] if str(exc) else ''})", where) from None
+
+
+def load_config_yaml(text: str, source: Optional[PathLike] = None) -> Any:
+    """A user's Detectron config file (plain YAML, PyYAML's safe loader, bounded); None when empty.
+
+    Raises:
+        ConfigError: ``not valid YAML: ...`` naming ``source`` (and the line where known).
+    """
+    return _parse(text, ConfigYamlLoader, "<yaml text>" if source is None else str(source), "not valid YAML")
+
+
 def load_detectron_cfg_text(text: str, source: Optional[PathLike] = None) -> Dict[str, Any]:
     """Parse the cfg text Detectron embeds in a weight file, safely.
 
@@ -186,13 +307,7 @@ def load_detectron_cfg_text(text: str, source: Optional[PathLike] = None) -> Dic
         text = text.decode("latin1")
     if not isinstance(text, str):
         raise ConfigError(f"the cfg is a {type(text).__name__}, not YAML text", where)
-    try:
-        data = yaml.load(text, Loader=DetectronCfgLoader)  # noqa: S506 - DetectronCfgLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"cannot read the cfg YAML: {problem}{line}", where) from exc
+    data = _parse(text, DetectronCfgLoader, where, "cannot read the cfg YAML")
     if not isinstance(data, dict):
         raise ConfigError(f"the cfg is a {type(data).__name__}, not a mapping of config keys", where)
     return data

@@ -14,7 +14,8 @@ import numpy as np
 
 
 class Py2PickleWriter:
-    """Writes dicts of str -> (dict | str | float32 ndarray) as Python 2.7 cPickle protocol 2 did."""
+    """Writes dicts of str -> (dict | list | str | int | float32 ndarray) as Python 2.7 cPickle protocol 2 did
+    (lists and ints: Detectron's proposal files, ``{'boxes': [...], 'scores': [...], 'ids': [...]}``)."""
 
     def __init__(self, handle: IO[bytes]):
         self.handle = handle
@@ -86,8 +87,22 @@ class Py2PickleWriter:
                     self._str(key.encode("latin1"))
                     self._value(item)
                 self.handle.write(b"u")
+        elif isinstance(value, list):
+            self.handle.write(b"]")
+            self._put()
+            if value:
+                self.handle.write(b"(")
+                for item in value:
+                    self._value(item)
+                self.handle.write(b"e")  # APPENDS
         elif isinstance(value, str):
             self._str(value.encode("latin1"))
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = int(value)
+            if -(1 << 31) <= value < (1 << 31):
+                self._small_int(value)
+            else:
+                raise TypeError(f"the sample writer does not write the long {value}")
         elif isinstance(value, np.ndarray):
             self._array(value)
         else:

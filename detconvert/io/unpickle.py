@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import collections
 import io
+import re
 import struct
 import sys
 from dataclasses import dataclass
@@ -40,8 +41,24 @@ LAZY_PAYLOAD_BYTES = 1 << 16
 DECODE_CHUNK_BYTES = 1 << 20
 #: Longest text line (protocol 0 opcodes) we accept.
 MAX_LINE_BYTES = 1 << 20
-#: Deepest container nesting we accept (Detectron files nest 2 levels).
+#: Deepest container nesting we accept (Detectron files nest 2 levels), and the most MARKs open at once.
 MAX_DEPTH = 64
+#: Most memo entries with consecutive indices, as every pickler writes them (a Detectron detector file uses
+#: ~5 per blob, a COCO-train proposal file ~1.5M): kept in a list, 8 bytes each.
+MAX_MEMO_ENTRIES = 1 << 23
+#: Most memo entries at other indices (LONG_BINPUT can name any of 4 billion; no pickler skips any).
+MAX_SPARSE_MEMO_ENTRIES = 1 << 16
+#: Most values in a tuple used as a dict key (hashing and comparing a tuple walks all of it, shared
+#: parts again each time; weight files key by strings).
+MAX_KEY_ITEMS = 10_000
+#: Most values in the unpickled tree, a value reached twice through the memo counted twice: what a
+#: consumer walking the result visits (a pickle "billion laughs" is a few bytes of shared references).
+MAX_TREE_ITEMS = 1 << 22
+#: Most dimensions of an array (NumPy's own limit is 64; Detectron blobs have at most 4).
+MAX_NDIM = 32
+#: A dtype argument as numpy.dtype.__reduce__ writes it: kind + item size ('f4', '<f8', 'b1', 'c16').
+#: Anything else is refused before NumPy parses it (NumPy evaluates comma strings with ast.literal_eval).
+_DTYPE_STRING = re.compile(r"[<>=|]?[A-Za-z?][0-9]{0,3}")
 #: NumPy dtype kinds an array or scalar may have: bool, ints, floats, complex.
 NUMERIC_KINDS = "biufc"
 
@@ -114,9 +131,11 @@ def _make_dtype(unp: "RestrictedUnpickler", args: tuple) -> _DTypeStub:
     if not args or not isinstance(_as_str(args[0]), str):
         raise unp.corrupt("numpy.dtype called without a type string")
     name = _as_str(args[0])
+    if not _DTYPE_STRING.fullmatch(name):
+        raise unp.corrupt(f"numpy dtype string {name[:40]!r} is not a type code such as 'f4'")
     try:
         dtype = np.dtype(name)
-    except TypeError as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:
         raise unp.corrupt(f"unknown numpy dtype {name!r}") from exc
     if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None:
         raise WeightFileError(f"holds a numpy array of dtype {name!r}, not a numeric array", unp.source)
@@ -149,6 +168,8 @@ def _frombuffer(unp: "RestrictedUnpickler", args: tuple) -> np.ndarray:
     dtype = dtype.dtype if isinstance(dtype, _DTypeStub) else dtype
     if not isinstance(dtype, np.dtype):
         raise unp.corrupt("numpy _frombuffer without a dtype")
+    if not isinstance(shape, (tuple, list)):
+        raise unp.corrupt("numpy _frombuffer shape is not a tuple")
     return unp.build_array(tuple(shape), dtype, _as_str(order) == "F", buf)
 
 
@@ -163,13 +184,26 @@ def _codecs_encode(unp: "RestrictedUnpickler", args: tuple) -> Any:
         text = unp.materialize(text)
     if not isinstance(text, str):
         raise unp.corrupt("_codecs.encode of a non-string")
-    return text.encode("latin1")
+    try:
+        return text.encode("latin1")
+    except UnicodeEncodeError:
+        # Python 3 only writes this call for bytes, whose text is latin1 by construction.
+        raise unp.corrupt("_codecs.encode of text that is not latin1 (a Python-3 str where bytes belong)") from None
 
 
 def _ordered_dict(unp: "RestrictedUnpickler", args: tuple) -> Dict[Any, Any]:
     if args and not (len(args) == 1 and isinstance(args[0], (list, dict))):
         raise unp.corrupt("OrderedDict called with unexpected arguments")
-    return collections.OrderedDict(*args)
+    out: Dict[Any, Any] = collections.OrderedDict()
+    if args:
+        pairs = args[0].items() if isinstance(args[0], dict) else args[0]
+        items: List[Any] = []
+        for pair in pairs:
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise unp.corrupt("OrderedDict of items that are not (key, value) pairs")
+            items.extend(pair)
+        unp._set_items(out, items)
+    return out
 
 
 def _empty_bytes(unp: "RestrictedUnpickler", args: tuple) -> bytes:
@@ -228,8 +262,16 @@ class RestrictedUnpickler:
         self.size = size
         self.stack: List[Any] = []
         self.metastack: List[List[Any]] = []
-        self.memo: Dict[int, Any] = {}
+        self.memo: List[Any] = []  # index i at position i: the usual, consecutive case
+        self.sparse_memo: Dict[int, Any] = {}
         self.proto = 0
+        # Bytes of the file that arrays and lazily read strings may still take: a payload reached again
+        # through the memo is counted again, so a small file cannot claim more memory than it holds.
+        self.byte_budget = 2 * size + (1 << 20)
+        self._resolved: Dict[int, Tuple[Any, int, int]] = {}  # id -> (value, tree items, height)
+        self._resolving: set = set()
+        self._tree_items = 0
+        self._height = 0  # height of the container _resolve finished last (0 for a leaf)
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -274,8 +316,14 @@ class RestrictedUnpickler:
                 raise self.corrupt("invalid UTF-8 in a string") from exc
         return raw
 
+    def _spend(self, nbytes: int, what: str) -> None:
+        if nbytes > self.byte_budget:
+            raise self.corrupt(f"{what} claims more bytes than the file holds (a payload re-used through the memo?)")
+        self.byte_budget -= nbytes
+
     def materialize(self, payload: _Payload) -> Any:
         """The Python value (str or bytes) of a lazy payload."""
+        self._spend(payload.length, "a string")
         here = self.file.tell()
         try:
             self.file.seek(payload.offset)
@@ -363,11 +411,20 @@ class RestrictedUnpickler:
             shape = tuple(int(s) for s in shape)
         except (TypeError, ValueError) as exc:
             raise self.corrupt("array shape is not a tuple of integers") from exc
+        if len(shape) > MAX_NDIM:
+            raise self.corrupt(f"array with {len(shape)} dimensions")
         if any(s < 0 for s in shape):
-            raise self.corrupt(f"negative array shape {shape}")
-        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        if nbytes > self.size * 4 + (1 << 20):  # a bogus shape must not allocate petabytes
-            raise self.corrupt(f"array shape {shape} is larger than the whole file")
+            raise self.corrupt(f"negative array shape {shape[:8]}")
+        nbytes = dtype.itemsize
+        for s in shape:  # Python ints: no overflow; stop once it is too large for the file
+            nbytes *= s
+            if nbytes > self.size:
+                raise self.corrupt(f"array shape {shape[:8]} is larger than the whole file")
+        low, high = self._data_length_bounds(data)
+        if not low <= nbytes <= high:  # before allocating: the shape must match the data it comes with
+            raise self.corrupt(f"array data has {low if low == high else f'{low}-{high}'} bytes, "
+                               f"its shape {shape[:8]} of {dtype} needs {nbytes}")
+        self._spend(nbytes, f"array of shape {shape[:8]}")
         array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
         self._fill(memoryview(array.reshape(-1, order="A").view(np.uint8)), data)
         if fortran:
@@ -375,6 +432,18 @@ class RestrictedUnpickler:
         if not dtype.isnative:
             array = array.astype(dtype.newbyteorder("="))
         return array
+
+    def _data_length_bounds(self, value: Any) -> Tuple[int, int]:
+        """Fewest and most raw bytes a payload can hold, without reading it (a UTF-8 payload encodes
+        each byte in 1 or 2)."""
+        if isinstance(value, _Latin1Encoded) or (isinstance(value, _Payload) and value.kind == "utf8"):
+            length = (value.payload if isinstance(value, _Latin1Encoded) else value).length
+            return (length + 1) // 2, length
+        if isinstance(value, _Payload):
+            return value.length, value.length
+        if isinstance(value, (str, bytes, bytearray)):
+            return len(value), len(value)
+        raise self.corrupt(f"array data is a {type(value).__name__}")
 
     def _build_array_stub(self, stub: _ArrayStub, state: Any) -> None:
         # ndarray.__setstate__: (version, shape, dtype, is_fortran, data); version-less 4-tuples are older.
@@ -428,11 +497,47 @@ class RestrictedUnpickler:
             raise self.corrupt("stack underflow")
         return self.stack[-1]
 
+    def _memo_put(self, index: int) -> None:
+        value, memo = self._top(), self.memo
+        if 0 <= index < len(memo):
+            memo[index] = value
+        elif index == len(memo):
+            if len(memo) >= MAX_MEMO_ENTRIES:
+                raise self.corrupt(f"more than {MAX_MEMO_ENTRIES:,} memo entries")
+            memo.append(value)
+            self.sparse_memo.pop(index, None)
+        else:
+            if len(self.sparse_memo) >= MAX_SPARSE_MEMO_ENTRIES and index not in self.sparse_memo:
+                raise self.corrupt(f"more than {MAX_SPARSE_MEMO_ENTRIES:,} memo entries at scattered indices")
+            self.sparse_memo[index] = value
+
     def _memo_get(self, index: int) -> Any:
-        try:
+        if 0 <= index < len(self.memo):
             return self.memo[index]
+        try:
+            return self.sparse_memo[index]
         except KeyError:
             raise self.corrupt(f"memo key {index} used before it was set") from None
+
+    def _check_key(self, key: Any) -> Any:
+        """A dict key: a lazy string read, a tuple key bounded (hashing walks it all, shared parts again)."""
+        if isinstance(key, _Payload):
+            return self.materialize(key)
+        if isinstance(key, tuple):
+            sizes: Dict[int, int] = {}
+
+            def size(value: Any, depth: int) -> int:
+                if not isinstance(value, tuple):
+                    return 1
+                if depth > MAX_DEPTH:
+                    raise self.corrupt(f"containers nested deeper than {MAX_DEPTH}")
+                if id(value) not in sizes:
+                    sizes[id(value)] = 1 + sum(size(v, depth + 1) for v in value)
+                return sizes[id(value)]
+
+            if size(key, 0) > MAX_KEY_ITEMS:
+                raise self.corrupt(f"a dict key is a tuple of more than {MAX_KEY_ITEMS:,} values")
+        return key
 
     def _set_items(self, target: Any, items: List[Any]) -> None:
         if not isinstance(target, dict):
@@ -440,9 +545,7 @@ class RestrictedUnpickler:
         if len(items) % 2:
             raise self.corrupt("odd number of items for a dict")
         for i in range(0, len(items), 2):
-            key = items[i]
-            if isinstance(key, _Payload):
-                key = self.materialize(key)
+            key = self._check_key(items[i])
             try:
                 target[key] = items[i + 1]
             except TypeError as exc:
@@ -484,6 +587,8 @@ class RestrictedUnpickler:
             elif op == 0x2E:  # STOP
                 return self._resolve(self._pop(), 0)
             elif op == 0x28:  # MARK
+                if len(self.metastack) >= MAX_DEPTH:
+                    raise self.corrupt(f"more than {MAX_DEPTH} MARKs open (containers nested too deep)")
                 self.metastack.append(self.stack)
                 self.stack = []
             elif op == 0x30:  # POP
@@ -542,7 +647,10 @@ class RestrictedUnpickler:
             elif op == 0x8D:  # BINUNICODE8
                 stack_append(self._payload(struct.unpack("<Q", self._read(8))[0], "utf8"))
             elif op == 0x56:  # UNICODE (protocol 0)
-                stack_append(self._readline().decode("raw-unicode-escape"))
+                try:
+                    stack_append(self._readline().decode("raw-unicode-escape"))
+                except UnicodeDecodeError:
+                    raise self.corrupt("bad \\u escape in a UNICODE string") from None
             elif op == 0x43:  # SHORT_BINBYTES
                 stack_append(self._payload(self._read(1)[0], "bytes"))
             elif op == 0x42:  # BINBYTES
@@ -601,13 +709,13 @@ class RestrictedUnpickler:
                 raise self.corrupt("holds a set, which no weight file contains")
             # --- memo
             elif op == 0x71:  # BINPUT
-                self.memo[self._read(1)[0]] = self._top()
+                self._memo_put(self._read(1)[0])
             elif op == 0x72:  # LONG_BINPUT
-                self.memo[struct.unpack("<I", self._read(4))[0]] = self._top()
+                self._memo_put(struct.unpack("<I", self._read(4))[0])
             elif op == 0x70:  # PUT
-                self.memo[self._int(self._readline())] = self._top()
+                self._memo_put(self._int(self._readline()))
             elif op == 0x94:  # MEMOIZE
-                self.memo[len(self.memo)] = self._top()
+                self._memo_put(len(self.memo) + len(self.sparse_memo))
             elif op == 0x68:  # BINGET
                 stack_append(self._memo_get(self._read(1)[0]))
             elif op == 0x6A:  # LONG_BINGET
@@ -676,15 +784,74 @@ class RestrictedUnpickler:
     def _text_string(self, line: bytes) -> str:
         if len(line) < 2 or line[:1] not in (b"'", b'"') or line[-1:] != line[:1]:
             raise self.corrupt("STRING argument is not quoted")
-        return codecs.escape_decode(line[1:-1])[0].decode("latin1")
+        try:
+            return codecs.escape_decode(line[1:-1])[0].decode("latin1")
+        except ValueError:
+            raise self.corrupt("bad escape in a STRING argument") from None
 
     def _resolve_small(self, value: Any) -> Any:
         return self.materialize(value) if isinstance(value, _Payload) else value
 
     def _resolve(self, obj: Any, depth: int) -> Any:
-        """Replace placeholders by values, depth-first (arrays, lazy strings, encoded bytes)."""
+        """Replace placeholders by values, depth-first (arrays, lazy strings, encoded bytes).
+
+        A container reached again through the memo is resolved once and shared, but counts again
+        towards :data:`MAX_TREE_ITEMS` and :data:`MAX_DEPTH`: that is what a consumer walking the
+        result would visit. A container that holds itself is refused.
+        """
         if depth > MAX_DEPTH:
             raise self.corrupt(f"containers nested deeper than {MAX_DEPTH}")
+        if not isinstance(obj, (dict, list, tuple)):
+            self._count_items(1)
+            return self._resolve_leaf(obj)
+        key = id(obj)
+        done = self._resolved.get(key)
+        if done is not None:
+            value, items, height = done
+            if depth + height > MAX_DEPTH:
+                raise self.corrupt(f"containers nested deeper than {MAX_DEPTH}")
+            self._count_items(items)
+            self._height = height
+            return value
+        if key in self._resolving:
+            raise self.corrupt("a container holds itself")
+        self._resolving.add(key)
+        before, self._height = self._tree_items, 0
+        height = 0
+        if isinstance(obj, dict):
+            resolved = []
+            for k, v in obj.items():
+                resolved.append((self._resolve(k, depth + 1), self._resolve(v, depth + 1)))
+                height = max(height, self._height)
+            obj.clear()
+            try:
+                obj.update(resolved)
+            except TypeError:
+                raise self.corrupt("a dict key is an unhashable value (an array or a list)") from None
+            value: Any = obj
+        else:
+            items = []
+            for v in obj:
+                items.append(self._resolve(v, depth + 1))
+                height = max(height, self._height)
+            if isinstance(obj, list):
+                obj[:] = items
+                value = obj
+            else:
+                value = tuple(items)
+        self._count_items(1)
+        self._resolving.discard(key)
+        self._height = height + 1
+        self._resolved[key] = (value, self._tree_items - before, self._height)
+        return value
+
+    def _count_items(self, n: int) -> None:
+        self._height = 0
+        self._tree_items += n
+        if self._tree_items > MAX_TREE_ITEMS:
+            raise self.corrupt(f"holds more than {MAX_TREE_ITEMS:,} values (counting each memo re-use)")
+
+    def _resolve_leaf(self, obj: Any) -> Any:
         if isinstance(obj, _ArrayStub):
             if obj.array is None:
                 raise self.corrupt("numpy array without data")
@@ -697,16 +864,6 @@ class RestrictedUnpickler:
             return obj.dtype
         if isinstance(obj, (_Handler, _Marker)):
             raise self.corrupt("a global is stored as data")
-        if isinstance(obj, dict):
-            resolved = [(self._resolve(k, depth + 1), self._resolve(v, depth + 1)) for k, v in obj.items()]
-            obj.clear()
-            obj.update(resolved)
-            return obj
-        if isinstance(obj, list):
-            obj[:] = [self._resolve(v, depth + 1) for v in obj]
-            return obj
-        if isinstance(obj, tuple):
-            return tuple(self._resolve(v, depth + 1) for v in obj)
         return obj
 
 

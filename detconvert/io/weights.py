@@ -182,7 +182,7 @@ def _str_key(key: Any, path: Path) -> str:
     if isinstance(key, bytes):
         return key.decode("latin1")  # Python-2 str keys read with encoding='bytes'
     if not isinstance(key, str):
-        raise WeightFileError(f"has a blob named by a {type(key).__name__} ({key!r}), not a string", path)
+        raise WeightFileError(f"has a blob named by a {type(key).__name__} ({preview(key, 60)}), not a string", path)
     return key
 
 
@@ -282,7 +282,7 @@ def _read_pickle(path: Path, size: int) -> Dict[str, Any]:
     if keys and all(isinstance(v, np.ndarray) for v in keys.values()):
         blobs, momentum = _split_detectron_blobs(keys, path)
         return dict(flavour="detectron_imagenet", blobs=blobs, momentum=momentum)
-    shown = ", ".join(repr(k) for k in list(keys)[:5])
+    shown = ", ".join(preview(k, 60, quote=True) for k in list(keys)[:5])
     raise WeightFileError(
         f"a pickled dict with keys {shown or '(none)'}, not a Detectron weight file "
         "(expected {'blobs': ..., 'cfg': ...} or {blob name: array})",
@@ -398,12 +398,65 @@ def load_weights(path: PathLike) -> WeightFile:
     return WeightFile(path=path, size=size, **fields)
 
 
+class _Enough(Exception):
+    pass
+
+
+def preview(value: Any, limit: int = 200, quote: bool = False) -> str:
+    """JSON-like text of ``value`` (as ``json.dumps(value, default=str)`` writes it), cut after about
+    ``limit`` characters *while* writing: a pickled value may share one list a billion times over, or hold
+    an integer of 100,000 digits, and must still be described in microseconds. ``quote``: strings quoted."""
+    parts: List[str] = []
+    used = [0]
+
+    def emit(text: str) -> None:
+        parts.append(text)
+        used[0] += len(text)
+        if used[0] > limit:
+            raise _Enough
+
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            emit("{")
+            for i, (key, val) in enumerate(item.items()):
+                emit(", " if i else "")
+                walk(key if isinstance(key, str) else preview(key, limit))
+                emit(": ")
+                walk(val)
+            emit("}")
+        elif isinstance(item, (list, tuple)):
+            emit("[")
+            for i, val in enumerate(item):
+                emit(", " if i else "")
+                walk(val)
+            emit("]")
+        elif isinstance(item, bool) or item is None or isinstance(item, float):
+            emit(json.dumps(item))
+        elif isinstance(item, int):
+            emit(str(item) if item.bit_length() < 256 else f"<an integer of {item.bit_length()} bits>")
+        elif isinstance(item, (str, bytes)):
+            text = item[: limit + 1]
+            emit(json.dumps(text.decode("latin1") if isinstance(text, bytes) else text))
+        elif isinstance(item, np.ndarray):
+            emit(json.dumps(f"<array {item.dtype} {item.shape}>"))
+        else:
+            emit(json.dumps(str(item)[: limit + 1]))
+
+    if isinstance(value, str) and not quote:
+        return value[: limit + 1]
+    try:
+        walk(value)
+    except _Enough:
+        pass
+    return "".join(parts)[: limit + 1]
+
+
 def describe_metadata(wf: WeightFile) -> Dict[str, str]:
     """Top-level metadata as short strings (for ``inspect``)."""
     out = {}
     for key, value in wf.metadata.items():
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        out[str(key)] = text if len(text) <= 200 else text[:197] + "..."
+        text = value[:201] if isinstance(value, str) else preview(value, 201)
+        out[preview(key, 200)] = text if len(text) <= 200 else text[:197] + "..."
     if wf.stored_spec is not None:  # the 'detconvert' entry, in words (the spec wins over the cfg when loading)
         spec, body = wf.stored_spec["spec"], wf.stored_spec["spec"].get("body") or {}
         shape = ", ".join(f"{k} {body[k]}" for k in ("block_counts", "stem_out_dim", "res2_out_dim") if k in body)
