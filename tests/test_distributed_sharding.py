@@ -162,8 +162,10 @@ def test_under_torchrun_with_two_processes(tmp_path):
 
 
 def test_num_gpus_api():
+    from detconvert.commands.infer import add_parallel_arguments  # the CLI defines the flag
+
     parser = argparse.ArgumentParser()
-    D.add_num_gpus_argument(parser)
+    add_parallel_arguments(parser)
     assert parser.parse_args(["--num-gpus", "0"]).num_gpus == 0
     assert parser.parse_args([]).num_gpus is None
     assert D.run_on_gpus(fail_on_item_three, [0, 1, 2], num_gpus=0) == [0, 1, 2]

@@ -132,7 +132,7 @@ def add_proposal_source_arguments(parser: argparse.ArgumentParser, title: str = 
 
 def add_proposal_arguments(parser: argparse.ArgumentParser) -> None:
     """Proposal inputs of precomputed-proposal models and the proposal output of RPN-only models."""
-    from detconvert.inference.vis import PROPOSALS_DRAWN
+    from detconvert.inference.vis import PROPOSALS_DRAWN  # vis imports cv2 only when it draws
 
     group = add_proposal_source_arguments(parser, "proposals (fast_rcnn / RPN-only models)")
     group.add_argument("--proposals-out", "--proposals_out", dest="proposals_out", metavar="FILE",
@@ -167,22 +167,28 @@ def proposal_source_from_args(args: argparse.Namespace, predictor: Any, from_fil
 
 
 def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--num-gpus N`` (one process per GPU; torchrun also works) and ``--num-processes N`` (CPU)."""
-    from detconvert.parallel.distributed import add_num_gpus_argument
+    """``--num-gpus N`` (one process per GPU; torchrun also works) and ``--num-processes N`` (CPU).
 
+    Defined here, not in :mod:`detconvert.parallel.distributed`: that module imports torch, which
+    ``--help`` must not pay for.
+    """
     group = parser.add_argument_group("scale-out")
-    add_num_gpus_argument(group)
+    group.add_argument(
+        "--num-gpus", type=int, default=None, metavar="N",
+        help="processes, one per GPU, each on a shard of the inputs (0 = CPU; default: 1 if CUDA is "
+        "available, else 0); under torchrun the launcher's processes are used",
+    )
     group.add_argument("--num-processes", "--num_processes", dest="num_processes", type=int, default=1,
                        metavar="N", help="CPU worker processes (gloo) when no GPU is used (default 1)")
 
 
 def sharded_predict_paths(args: argparse.Namespace):
     """A ``predict_paths`` function for the library when more than one process is asked for, else None."""
+    if args.num_processes < 1:
+        raise DetconvertError(f"must be >= 1, got {args.num_processes}", "--num-processes")
     from detconvert.parallel.distributed import torchrun_environment
     from detconvert.inference.sharded import ModelLoader, predict_paths
 
-    if args.num_processes < 1:
-        raise DetconvertError(f"must be >= 1, got {args.num_processes}", "--num-processes")
     if not (args.num_gpus or args.num_processes > 1 or torchrun_environment()):
         return None
     loader = ModelLoader(str(args.weights), args.cfg, _load_dataset(args), tuple(override_pairs(args.set_cfgs)))
@@ -239,14 +245,14 @@ def run_video(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.video is not None:
         return run_video(args)
-    from detconvert.inference.runner import collect_images, infer_images
-
     inputs = [*args.im_or_folder, *args.image_dirs, *args.images]
     if not inputs:
         raise DetconvertError("no images given: pass IMAGE_OR_FOLDER, --image_dir DIR, --images FILE ... or --video SRC")
-    images = collect_images(inputs, args.image_ext)  # missing paths and empty folders fail before the weights load
     if args.proposals_drawn < 0:
         raise DetconvertError(f"must be >= 0, got {args.proposals_drawn}", "--proposals-drawn")
+    from detconvert.inference.runner import collect_images, infer_images  # cv2, torch: after the argument checks
+
+    images = collect_images(inputs, args.image_ext)  # missing paths and empty folders fail before the weights load
     predict_paths = sharded_predict_paths(args)
     if predict_paths is not None and (args.proposals or args.rpn_weights):
         raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",

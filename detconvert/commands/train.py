@@ -51,10 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detconvert.train.trainer import TrainOptions, train_launched
-
     if args.iter_size < 1:
         raise DetconvertError(f"must be >= 1, got {args.iter_size}", "--iter_size")
+    from detconvert.train.trainer import TrainOptions, train_launched  # torch: after the argument checks
+
     keep = [c.strip() for c in args.keep_classes.split(",") if c.strip()] if args.keep_classes else []
     options = TrainOptions(
         cfg=args.cfg, annotations=args.dataset, image_dir=args.image_dir, output_dir=args.output_dir,

@@ -7,9 +7,9 @@ model onto ``context.device``). Each rank takes a contiguous, deterministic shar
 per-rank result lists are merged with ``all_gather_object`` in rank order, which is input order.
 
 The command-line hookup (``detconvert infer|eval --num-gpus N``, ``tools/infer_simple.py``,
-``tools/test_net.py``) is one line::
+``tools/test_net.py``) is one line; the ``--num-gpus N`` flag itself is defined by the command line
+(``detconvert.commands.infer.add_parallel_arguments``), which must not import torch to print ``--help``::
 
-    add_num_gpus_argument(parser)                                      # in add_arguments
     results = run_on_gpus(predict_one, image_paths, args.num_gpus, init_fn=load_model)
 
 ``fn`` and ``init_fn`` must be module-level functions (spawned processes import them by name).
@@ -23,7 +23,6 @@ Training code wraps its model with :func:`wrap_ddp` (single-process-per-GPU
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import os
@@ -338,18 +337,6 @@ def run_on_gpus(
     if count == 0:
         return run_sharded(fn, items, 1, init_fn, "cpu", timeout_s=timeout_s)
     return run_sharded(fn, items, count, init_fn, "cuda", timeout_s=timeout_s)
-
-
-def add_num_gpus_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--num-gpus N`` (shared by ``detconvert infer``/``eval`` and the Detectron-style tools)."""
-    parser.add_argument(
-        "--num-gpus",
-        type=int,
-        default=None,
-        metavar="N",
-        help="processes, one per GPU, each on a shard of the inputs (0 = CPU; default: 1 if CUDA is "
-        "available, else 0); under torchrun the launcher's processes are used",
-    )
 
 
 def wrap_ddp(
