@@ -213,6 +213,36 @@ class RetinaNetSpec:
 
 
 @dataclass(frozen=True)
+class AugSpec:
+    """One test-time augmentation block: ``TEST.BBOX_AUG``, ``TEST.MASK_AUG`` or ``TEST.KPS_AUG``.
+
+    The transforms are the same in the three blocks (``core/test.py``): the horizontal flip at
+    ``TEST.SCALE``, each of ``scales`` (shorter side, longer side capped at ``max_size``) and its flip,
+    each of ``aspect_ratios`` (width-relative) and its flip. The fields a block does not have keep their
+    defaults (``score_heur`` / ``coord_heur`` are BBOX_AUG's, ``heur`` / ``area_th`` MASK_AUG's and KPS_AUG's).
+    """
+
+    enabled: bool = False  # TEST.*_AUG.ENABLED
+    h_flip: bool = False  # H_FLIP
+    scales: Tuple[int, ...] = ()  # SCALES
+    max_size: int = 4000  # MAX_SIZE (of the SCALES passes)
+    scale_h_flip: bool = False  # SCALE_H_FLIP
+    scale_size_dep: bool = False  # SCALE_SIZE_DEP (KPS_AUG only; Detectron asserts it off for boxes and masks)
+    aspect_ratios: Tuple[float, ...] = ()  # ASPECT_RATIOS
+    aspect_ratio_h_flip: bool = False  # ASPECT_RATIO_H_FLIP
+    score_heur: str = "UNION"  # BBOX_AUG.SCORE_HEUR: ID, AVG, UNION
+    coord_heur: str = "UNION"  # BBOX_AUG.COORD_HEUR: ID, AVG, UNION
+    heur: str = ""  # MASK_AUG.HEUR (SOFT_AVG, SOFT_MAX, LOGIT_AVG) / KPS_AUG.HEUR (HM_AVG, HM_MAX)
+    area_th: float = 180.0**2  # KPS_AUG.AREA_TH: small+medium vs large boxes under SCALE_SIZE_DEP
+
+    @property
+    def num_passes(self) -> int:
+        """Network passes Detectron runs for this block when enabled (the identity pass included)."""
+        flips = 1 + int(self.scale_h_flip)
+        return 1 + int(self.h_flip) + flips * len(self.scales) + (1 + int(self.aspect_ratio_h_flip)) * len(self.aspect_ratios)
+
+
+@dataclass(frozen=True)
 class TestSpec:
     """Test-time sizes and thresholds (Detectron ``TEST.*`` plus the global constants they use)."""
 
@@ -228,9 +258,9 @@ class TestSpec:
     bbox_vote_thresh: float = 0.8
     bbox_vote_method: str = "ID"
     bbox_vote_beta: float = 1.0
-    bbox_aug: bool = False  # TEST.BBOX_AUG.ENABLED (test-time augmentation; not run by detconvert)
-    mask_aug: bool = False
-    kps_aug: bool = False
+    bbox_aug: AugSpec = field(default_factory=AugSpec)  # TEST.BBOX_AUG (detconvert.inference.tta)
+    mask_aug: AugSpec = field(default_factory=AugSpec)  # TEST.MASK_AUG
+    kps_aug: AugSpec = field(default_factory=AugSpec)  # TEST.KPS_AUG
     force_json_dataset_eval: bool = False
     dedup_boxes: float = 0.0625  # DEDUP_BOXES (precomputed-proposal models only)
     bbox_xform_clip: float = 4.135166556742356  # BBOX_XFORM_CLIP = log(1000/16)
@@ -266,7 +296,15 @@ class ArchSpec:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ArchSpec":
         """Inverse of :meth:`to_dict` (as read back from a checkpoint's JSON metadata)."""
+        test = data.get("test")
+        if isinstance(test, dict) and any(isinstance(test.get(k), bool) for k in _AUG_KEYS):
+            # Checkpoints written before test-time augmentation ran stored only TEST.*_AUG.ENABLED.
+            test = {**test, **{k: {"enabled": test[k]} for k in _AUG_KEYS if isinstance(test.get(k), bool)}}
+            data = {**data, "test": test}
         return _from_dict(cls, data)
+
+
+_AUG_KEYS = ("bbox_aug", "mask_aug", "kps_aug")
 
 
 def _from_dict(cls: Any, data: Any) -> Any:

@@ -2,7 +2,7 @@
 
 Each target runs in its own process: coverage-guided with atheris when it is installed (the ``fuzz``
 extra), else the harness's seeded random mutator, so the smoke never silently skips. The invariant is
-the harness's: every input loads or raises a ``DetconvertError`` that names the file. Budget: ~50 s of
+the harness's: every input loads or raises a ``DetconvertError`` that names the file. Budget: ~40 s of
 CPU for the four targets together (runs below; each process is also capped at 25 s).
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 
 HARNESS = Path(__file__).resolve().parent / "fuzz" / "harness.py"
 ATHERIS = importlib.util.find_spec("atheris") is not None
-# Executions per target, sized to ~10 s each on this machine (atheris: weights ~220/s, proposals ~500/s,
+# Executions per target, sized to ~8 s each on this machine (atheris: weights ~220/s, proposals ~500/s,
 # cfg ~30/s and config ~55/s, both translating a whole config per input).
-RUNS = {"weights": 2500, "cfg": 300, "config": 500, "proposals": 4000}
+RUNS = {"weights": 2000, "cfg": 200, "config": 350, "proposals": 3000}
 
 
 @pytest.mark.parametrize("target", sorted(RUNS))

@@ -12,6 +12,7 @@ from detconvert.config.modules import resolve_model_type, resolve_module, strip_
 from detconvert.errors import ConfigError, PathLike
 from detconvert.spec import (
     ArchSpec,
+    AugSpec,
     BoxHeadSpec,
     Conventions,
     FPNSpec,
@@ -300,6 +301,7 @@ def _build_spec(cfg: Mapping[str, Any]) -> ArchSpec:
             pre_nms_top_n=rt["PRE_NMS_TOP_N"],
         )
 
+    bbox_aug, mask_aug, kps_aug = test_augmentation(t, pipeline, mask_head, keypoint_head)
     test = TestSpec(
         scale=t["SCALE"],
         max_size=t["MAX_SIZE"],
@@ -313,9 +315,9 @@ def _build_spec(cfg: Mapping[str, Any]) -> ArchSpec:
         bbox_vote_thresh=float(t["BBOX_VOTE"]["VOTE_TH"]),
         bbox_vote_method=t["BBOX_VOTE"]["SCORING_METHOD"],
         bbox_vote_beta=float(t["BBOX_VOTE"]["SCORING_METHOD_BETA"]),
-        bbox_aug=bool(t["BBOX_AUG"]["ENABLED"]),
-        mask_aug=bool(t["MASK_AUG"]["ENABLED"]),
-        kps_aug=bool(t["KPS_AUG"]["ENABLED"]),
+        bbox_aug=bbox_aug,
+        mask_aug=mask_aug,
+        kps_aug=kps_aug,
         force_json_dataset_eval=bool(t["FORCE_JSON_DATASET_EVAL"]),
         dedup_boxes=float(cfg["DEDUP_BOXES"]),
         bbox_xform_clip=float(cfg["BBOX_XFORM_CLIP"]),
@@ -338,6 +340,118 @@ def _build_spec(cfg: Mapping[str, Any]) -> ArchSpec:
         conventions=conventions,
         conv_body_name=names["MODEL.CONV_BODY"],
     )
+
+
+# core/test.py: the combination heuristics each block implements (anything else is NotImplementedError there).
+_SCORE_COORD_HEURS = ("ID", "AVG", "UNION")
+_MASK_HEURS = ("SOFT_AVG", "SOFT_MAX", "LOGIT_AVG")
+_KPS_HEURS = ("HM_AVG", "HM_MAX")
+#: utils/keypoints.get_keypoints: flip_heatmaps swaps the left/right channels of the 17 COCO keypoints.
+_COCO_NUM_KEYPOINTS = 17
+
+
+def _aug_block(block: Mapping[str, Any]) -> AugSpec:
+    return AugSpec(
+        enabled=bool(block["ENABLED"]),
+        h_flip=bool(block["H_FLIP"]),
+        scales=tuple(int(s) for s in block["SCALES"]),
+        max_size=int(block["MAX_SIZE"]),
+        scale_h_flip=bool(block["SCALE_H_FLIP"]),
+        scale_size_dep=bool(block["SCALE_SIZE_DEP"]),
+        aspect_ratios=tuple(float(a) for a in block["ASPECT_RATIOS"]),
+        aspect_ratio_h_flip=bool(block["ASPECT_RATIO_H_FLIP"]),
+        score_heur=str(block.get("SCORE_HEUR", "UNION")),
+        coord_heur=str(block.get("COORD_HEUR", "UNION")),
+        heur=str(block.get("HEUR", "")),
+        area_th=float(block.get("AREA_TH", 180.0**2)),
+    )
+
+
+def test_augmentation(t: Mapping[str, Any], pipeline: str, mask_head: Any, keypoint_head: Any) -> Tuple[AugSpec, AugSpec, AugSpec]:
+    """``TEST.BBOX_AUG`` / ``MASK_AUG`` / ``KPS_AUG`` as :class:`AugSpec`, refusing what Detectron cannot run.
+
+    A block is checked only when ``core/test.im_detect_all`` would run it (enabled, and the model has
+    the head it augments; RetinaNet and RPN-only test paths never read these blocks). Refused, naming
+    the key: an unknown heuristic, ``SCORE_HEUR`` / ``COORD_HEUR`` where one is ``UNION`` and the other
+    not, anything but ``UNION`` for an end-to-end (``FASTER_RCNN``) model, ``SCALE_SIZE_DEP`` for boxes
+    and masks (Detectron asserts each of these), flipped heatmaps for a model without the 17 COCO
+    keypoints (``flip_heatmaps`` would swap the wrong channels), non-positive scales or ratios.
+    """
+    bbox, mask, kps = (_aug_block(t[name]) for name in ("BBOX_AUG", "MASK_AUG", "KPS_AUG"))
+    runs = (
+        ("TEST.BBOX_AUG", bbox, pipeline in ("e2e", "precomputed_proposals")),
+        ("TEST.MASK_AUG", mask, mask_head is not None and pipeline in ("e2e", "precomputed_proposals")),
+        ("TEST.KPS_AUG", kps, keypoint_head is not None and pipeline in ("e2e", "precomputed_proposals")),
+    )
+    for key, aug, applies in runs:
+        if not (aug.enabled and applies):
+            continue
+        if any(s <= 0 for s in aug.scales) or aug.max_size <= 0:
+            raise ConfigError(f"key {key}.SCALES / MAX_SIZE: scales must be positive, got {list(aug.scales)} / {aug.max_size}")
+        if any(a <= 0 for a in aug.aspect_ratios):
+            raise ConfigError(f"key {key}.ASPECT_RATIOS: ratios must be positive, got {list(aug.aspect_ratios)}")
+    if bbox.enabled and runs[0][2]:
+        for leaf, heur in (("SCORE_HEUR", bbox.score_heur), ("COORD_HEUR", bbox.coord_heur)):
+            if heur not in _SCORE_COORD_HEURS:
+                raise ConfigError(f"key TEST.BBOX_AUG.{leaf}: {heur!r} is not implemented (Detectron has "
+                                  f"{', '.join(_SCORE_COORD_HEURS)})")
+        if (bbox.score_heur == "UNION") != (bbox.coord_heur == "UNION"):
+            raise ConfigError("keys TEST.BBOX_AUG.SCORE_HEUR / COORD_HEUR: UNION must be used for both or neither "
+                              f"(got {bbox.score_heur} / {bbox.coord_heur}; Detectron's assert)")
+        if pipeline == "e2e" and bbox.score_heur != "UNION":
+            raise ConfigError(f"key TEST.BBOX_AUG.SCORE_HEUR: {bbox.score_heur} cannot combine an end-to-end "
+                              "(FASTER_RCNN) model's passes, whose proposals differ per pass: use UNION (Detectron's assert)")
+        if bbox.scale_size_dep:
+            raise ConfigError("key TEST.BBOX_AUG.SCALE_SIZE_DEP: size-dependent scaling of boxes is not implemented "
+                              "(Detectron asserts it off; AREA_TH_LO / AREA_TH_HI are unused)")
+    if mask.enabled and runs[1][2]:
+        if mask.heur not in _MASK_HEURS:
+            raise ConfigError(f"key TEST.MASK_AUG.HEUR: {mask.heur!r} is not implemented (Detectron has "
+                              f"{', '.join(_MASK_HEURS)})")
+        if mask.scale_size_dep:
+            raise ConfigError("key TEST.MASK_AUG.SCALE_SIZE_DEP: size-dependent scaling of masks is not implemented "
+                              "(Detectron asserts it off; AREA_TH is unused)")
+    if kps.enabled and runs[2][2]:
+        if kps.heur not in _KPS_HEURS:
+            raise ConfigError(f"key TEST.KPS_AUG.HEUR: {kps.heur!r} is not implemented (Detectron has "
+                              f"{', '.join(_KPS_HEURS)})")
+        flips = kps.h_flip or (kps.scale_h_flip and kps.scales) or (kps.aspect_ratio_h_flip and kps.aspect_ratios)
+        if flips and keypoint_head.num_keypoints != _COCO_NUM_KEYPOINTS:
+            raise ConfigError(f"key TEST.KPS_AUG.H_FLIP: flipped heatmaps swap the left/right channels of the 17 COCO "
+                              f"keypoints; this model has {keypoint_head.num_keypoints}")
+    return bbox, mask, kps
+
+
+def augmentation_passes(spec: ArchSpec) -> Tuple[int, int, int]:
+    """``(box, mask, keypoint)`` network passes per image of ``spec``'s test path (``core/test.im_detect_all``).
+
+    Boxes: one pass without ``TEST.BBOX_AUG`` (RetinaNet and RPN-only models always one). Masks and
+    keypoints: 0 without their ``*_AUG`` (the heads run on the box pass's features), else one body pass
+    plus head per transform.
+    """
+    t = spec.test
+    two_stage = spec.pipeline in ("e2e", "precomputed_proposals")
+    box = t.bbox_aug.num_passes if (two_stage and t.bbox_aug.enabled) else 1
+    mask = t.mask_aug.num_passes if (two_stage and spec.mask_head is not None and t.mask_aug.enabled) else 0
+    kps = t.kps_aug.num_passes if (two_stage and spec.keypoint_head is not None and t.kps_aug.enabled) else 0
+    return box, mask, kps
+
+
+def augmentation_line(spec: ArchSpec) -> str:
+    """``test-time augmentation: N passes (...)`` for ``config --explain`` and ``inspect``."""
+    box, mask, kps = augmentation_passes(spec)
+    # Network passes run: the mask / keypoint stages' identity transform reads the box stage's last maps.
+    total = box + max(mask - 1, 0) + max(kps - 1, 0)
+    if total == 1 and not mask and not kps:
+        t = spec.test
+        if t.bbox_aug.enabled and spec.pipeline in ("retinanet", "rpn_only"):
+            why = "RetinaNet" if spec.pipeline == "retinanet" else "RPN-only"
+            return f"test-time augmentation: off, 1 pass (TEST.BBOX_AUG is on, but Detectron's {why} test path never reads it)"
+        return "test-time augmentation: off, 1 pass"
+    parts = [f"{box} for boxes"] + ([f"{mask - 1} more for masks"] if mask else []) + (
+        [f"{kps - 1} more for keypoints"] if kps else [])
+    return (f"test-time augmentation: {total} passes per image ({', '.join(parts)}); "
+            "--set TEST.BBOX_AUG.ENABLED False (and MASK_AUG / KPS_AUG) turns it off")
 
 
 def explain(spec: ArchSpec) -> str:
@@ -413,13 +527,14 @@ def explain(spec: ArchSpec) -> str:
             f"top {rt.pre_nms_top_n} per level."
         )
     t = spec.test
-    extras = [n for n, on in (("soft-NMS", t.soft_nms), ("box voting", t.bbox_vote), ("test-time augmentation", t.bbox_aug)) if on]
+    extras = [n for n, on in (("soft-NMS", t.soft_nms), ("box voting", t.bbox_vote)) if on]
     lines.append(
         f"Test: shorter side {t.scale}, longer side at most {t.max_size}; NMS {t.nms:g}, score > {t.score_thresh:g}, "
         f"{t.detections_per_im} detections per image"
         + (f"; the config also asks for {', '.join(extras)}" if extras else "")
         + "."
     )
+    lines.append(augmentation_line(spec) + ".")
     c = spec.conventions
     lines.append(
         f"Conventions: {c.channel_order} input minus pixel means {c.pixel_means}, no std; boxes with +1 widths; "

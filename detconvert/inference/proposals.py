@@ -23,7 +23,7 @@ ProposalSource = Callable[[List[Path], List[np.ndarray]], List[np.ndarray]]
 
 #: Most images a proposal file may list (COCO train has 118k) and most proposals per image (Detectron
 #: keeps at most 2,000 after NMS, 12,000 before): checked on the list lengths, before any array is made.
-MAX_PROPOSAL_IMAGES = 1 << 19
+MAX_PROPOSAL_IMAGES = 1 << 18
 MAX_PROPOSALS_PER_IMAGE = 1 << 20
 
 

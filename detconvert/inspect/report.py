@@ -87,6 +87,7 @@ class Inspection:
     pipeline: Optional[str] = None  # e2e / retinanet / rpn_only / precomputed_proposals, from the blobs
     inputs: Optional[str] = None  # what the model needs to run, in words
     outputs: Optional[str] = None  # what it produces
+    test_time: Optional[str] = None  # "test-time augmentation: N passes ..." from the file's own config
 
     @property
     def momentum_present(self) -> bool:
@@ -113,6 +114,8 @@ class Inspection:
         if self.inputs:
             lines.append(f"inputs:      {self.inputs}")
             lines.append(f"outputs:     {self.outputs}")
+        if self.test_time:
+            lines.append(f"test time:   {self.test_time}")
         if arch.depth or arch.block_counts:
             resnet = "ResNeXt" if (arch.num_groups or 1) > 1 else "ResNet"
             body = f"{resnet}-{arch.depth or '?'} blocks {arch.block_counts}"
@@ -433,6 +436,32 @@ def _usable_for(arch: Architecture, flavour: str) -> str:
     return "no Detectron architecture recognised in these blobs"
 
 
+def test_time_of(wf: WeightFile) -> Optional[str]:
+    """How the file's own config runs at test time (``test-time augmentation: N passes ...``).
+
+    From a converted checkpoint's stored spec, else a detector's embedded cfg; None when neither builds
+    a network. A ``TEST.*_AUG`` setting detconvert refuses is reported as refused.
+    """
+    from detconvert.config.build_spec import augmentation_line
+    from detconvert.errors import DetconvertError
+    from detconvert.spec import ArchSpec
+
+    try:
+        if "spec" in wf.metadata:
+            spec = ArchSpec.from_dict(json.loads(wf.metadata["spec"]))
+        elif wf.cfg is not None and wf.flavour == "detectron_detector":
+            from detconvert.config import build_spec, translate_config
+
+            spec = build_spec(translate_config(wf.cfg, weights_cfg_or_blobs=wf).cfg)
+        else:
+            return None
+    except DetconvertError as exc:
+        return f"refused: {exc.message}" if "_AUG" in exc.message else None
+    except (KeyError, TypeError, ValueError):  # a stored spec this version cannot read
+        return None
+    return augmentation_line(spec)
+
+
 def inspect_weights(wf: WeightFile, with_sha256: bool = False) -> Inspection:
     """Describe a weight file: flavour, counts, architecture from blobs, cfg summary and agreement.
 
@@ -483,4 +512,5 @@ def inspect_weights(wf: WeightFile, with_sha256: bool = False) -> Inspection:
         pipeline=pipeline,
         inputs=inputs,
         outputs=outputs,
+        test_time=test_time_of(wf) if arch.kind == "detector" else None,
     )
