@@ -251,6 +251,15 @@ def test_model_base_offline_and_local_mirror(env, tmp_path):
     assert model_base().status == OK
 
 
+def test_damaged_catalogue_is_a_fail_not_a_crash(env, monkeypatch, tmp_path):
+    def damaged():
+        raise C.DetconvertError("not a valid model-zoo catalogue (Expecting value)", tmp_path / "catalogue.json")
+
+    monkeypatch.setattr(C, "load_catalogue", damaged)
+    check = model_base()
+    assert check.status == FAIL and "not a valid model-zoo catalogue" in check.detail and "reinstall" in check.advice
+
+
 # ----------------------------------------------------------------------------------------- command line
 
 

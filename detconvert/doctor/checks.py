@@ -21,6 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from detconvert import __version__
+from detconvert.errors import DetconvertError
+from detconvert.zoo import default_cache_dir, load_catalogue, model_base_url
+from detconvert.zoo.download import ENV_CACHE, ENV_MODEL_BASE, ENV_OFFLINE, _offline_from_env
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 STATUSES = (OK, WARN, FAIL)
 
@@ -431,10 +436,6 @@ def diagnose(*, timeout: float = MODEL_BASE_TIMEOUT_S, checks: Sequence[str] = (
     Never raises for what it finds: a broken package, an unwritable cache or no network are lines of the
     report, with what to do about each.
     """
-    from detconvert import __version__
-    from detconvert.zoo import default_cache_dir, load_catalogue, model_base_url
-    from detconvert.zoo.download import ENV_CACHE, ENV_MODEL_BASE, ENV_OFFLINE, _offline_from_env
-
     wanted = set(checks) or {"packages", "cpu", "cuda", "cache", "model base"}
     header = (f"detconvert {__version__} on Python {platform.python_version()} ({sys.executable}), "
               f"{platform.system()} {platform.machine()}")
@@ -449,8 +450,13 @@ def diagnose(*, timeout: float = MODEL_BASE_TIMEOUT_S, checks: Sequence[str] = (
     if "cache" in wanted:
         report.checks.append(check_cache(cache_dir, ENV_CACHE))
     if "model base" in wanted:
-        catalogue = load_catalogue()
-        probe = catalogue.get("R-50")  # the ImageNet R-50: every zoo mirror has it
+        try:
+            catalogue = load_catalogue()
+            probe = catalogue.get("R-50")  # the ImageNet R-50: every zoo mirror has it
+        except DetconvertError as exc:
+            report.checks.append(Check("model base", FAIL, f"not checked: {exc}",
+                                       "reinstall detconvert (its model_zoo/catalogue.json is missing or damaged)"))
+            return report
         base = model_base_url(catalogue)
         report.checks.append(check_model_base(
             base, probe.url(base), probe.url_path, env_var=ENV_MODEL_BASE, offline_env=ENV_OFFLINE,
