@@ -132,6 +132,16 @@ def test_build_spec_error_names_the_config_file(tmp_path):
     assert str(info.value).startswith(f"{path}: ")  # ...the translation does
 
 
+def test_number_tuple_holding_a_string(tmp_path):
+    # found by the campaign: ValueError float('.10 0.0') in build_spec from an embedded cfg's
+    # BBOX_REG_WEIGHTS: !!python/tuple [10,.10 0.0, 5.0, 5.0] (Detectron's type check is shallow).
+    path = tmp_path / "config.yaml"
+    path.write_text("MODEL:\n  BBOX_REG_WEIGHTS: [10, '.10 0.0', 5.0, 5.0]\n")
+    refused(translate_config, path, "MODEL.BBOX_REG_WEIGHTS: expected numbers")
+    path.write_text("MODEL:\n  BBOX_REG_WEIGHTS: [10.0, 10.0, 5.0, 5]\n")  # ints among floats stay fine
+    assert translate_config(path).cfg.MODEL.BBOX_REG_WEIGHTS == (10.0, 10.0, 5.0, 5)
+
+
 @pytest.mark.parametrize("content, match", [
     ({"boxes": [[[1, 2, 3, 4], [1]]]}, "not a table of numbers"),  # found: ValueError (inhomogeneous)
     ({"boxes": [[1, 2, 3]]}, "not rows of 4"),

@@ -95,6 +95,8 @@ def coerce_value(value: Any, default: Any, full_key: str, source: Optional[str])
     """Detectron's ``_check_and_coerce_cfg_value_type``, with a readable error."""
     if isinstance(default, Mapping) and isinstance(value, Mapping):
         return value
+    if isinstance(default, (tuple, list)) and isinstance(value, (tuple, list)):
+        _check_numbers(value, default, full_key, source)
     if type(value) is type(default):
         return value
     if isinstance(default, np.ndarray):
@@ -113,6 +115,19 @@ def coerce_value(value: Any, default: Any, full_key: str, source: Optional[str])
         f"given {_type_name(value)} {value!r}",
         source,
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_numbers(value: Sequence[Any], default: Sequence[Any], full_key: str, source: Optional[str]) -> None:
+    """A list/tuple whose default holds numbers must hold numbers. Detectron checks only the container type
+    and fails later, in the box or anchor code that does arithmetic on a string; we name the key now."""
+    if default and all(_is_number(d) for d in default) and not all(_is_number(v) for v in value):
+        bad = next(v for v in value if not _is_number(v))
+        raise ConfigError(f"key {full_key}: expected numbers (like {tuple(default)!r}), given {_type_name(bad)} "
+                          f"{bad!r} in it", source)
 
 
 def nearest_key(full_key: str) -> Optional[str]:

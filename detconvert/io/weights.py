@@ -234,6 +234,8 @@ def _parse_spec_entry(value: Any, path: Path) -> Dict[str, Any]:
         raise WeightFileError(f"its '{SPEC_KEY}' entry is a {type(value).__name__}, not JSON text", path)
     try:
         entry = json.loads(value)
+    except RecursionError:
+        raise WeightFileError(f"its '{SPEC_KEY}' entry is JSON nested deeper than Python allows", path) from None
     except ValueError as exc:
         raise WeightFileError(f"its '{SPEC_KEY}' entry is not valid JSON ({exc})", path) from None
     if not isinstance(entry, dict) or entry.get("format") != SPEC_FORMAT:
@@ -458,9 +460,11 @@ def describe_metadata(wf: WeightFile) -> Dict[str, str]:
         text = value[:201] if isinstance(value, str) else preview(value, 201)
         out[preview(key, 200)] = text if len(text) <= 200 else text[:197] + "..."
     if wf.stored_spec is not None:  # the 'detconvert' entry, in words (the spec wins over the cfg when loading)
-        spec, body = wf.stored_spec["spec"], wf.stored_spec["spec"].get("body") or {}
-        shape = ", ".join(f"{k} {body[k]}" for k in ("block_counts", "stem_out_dim", "res2_out_dim") if k in body)
+        spec, body = wf.stored_spec["spec"], wf.stored_spec["spec"].get("body")
+        body = body if isinstance(body, dict) else {}
+        shape = ", ".join(f"{k} {preview(body[k], 60)}" for k in ("block_counts", "stem_out_dim", "res2_out_dim")
+                          if k in body)
         out[SPEC_KEY] = (f"detconvert spec stored beside the cfg (load_model builds from it): "
-                         f"{spec.get('conv_body_name') or spec.get('meta_arch')}, {shape}; "
-                         f"classes {', '.join(wf.stored_spec['class_names'])}")
+                         f"{preview(spec.get('conv_body_name') or spec.get('meta_arch'), 60)}, {shape}; "
+                         f"classes {preview(', '.join(wf.stored_spec['class_names']), 200)}")
     return out

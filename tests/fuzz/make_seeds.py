@@ -95,6 +95,13 @@ def main() -> None:
     blobs = tiny_blobs(rng, with_momentum=True)
     write("weights", "detector_py2.pkl", py2_pickle({"blobs": blobs, "cfg": cfg_py2}))
     write("weights", "detector_py2_nocfg.pkl", py2_pickle({"blobs": tiny_blobs(rng)}))
+    # with detconvert's own 'detconvert' entry beside the cfg (what fine-tuned models exported by train carry)
+    from detconvert.config import build_spec, translate_config
+    from detconvert.io.weights import spec_entry_text
+
+    spec = build_spec(translate_config(cfg_py2, source_name="seed").cfg).to_dict()
+    entry = spec_entry_text(spec, ["__background__", "circle", "square"])
+    write("weights", "detector_py2_spec_entry.pkl", py2_pickle({"blobs": blobs, "cfg": cfg_py2, "detconvert": entry}))
     write("weights", "detector_py3_proto2.pkl", pickle.dumps({"blobs": dict(blobs), "cfg": cfg_py3}, protocol=2))
     write("weights", "imagenet_py3_proto4.pkl", pickle.dumps(dict(tiny_blobs(rng)), protocol=4))
     odd = OrderedDict(conv1_w=np.asfortranarray(rng.normal(size=(3, 2)).astype(">f4")),
