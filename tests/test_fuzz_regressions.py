@@ -99,6 +99,18 @@ def test_array_used_as_a_dict_key(tmp_path):
     refused(load_weights, path, "unhashable")
 
 
+def test_empty_array_with_a_dimension_numpy_refuses(tmp_path):
+    # found in review: shape (0, 2**62) claims no bytes, but np.empty raises ValueError ("array is too big")
+    with pytest.raises(ValueError):
+        np.empty((0, 1 << 62), np.float32)
+    dims = b"K\x00\x8a\x08" + (1 << 62).to_bytes(8, "little")
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+             b"(K\x01(" + dims + b"tcnumpy\ndtype\nU\x02f4K\x00K\x01\x87R\x89U\x00tb")
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(b"\x80\x02}(U\x05blobs}U\x01w" + array + b"su.")
+    refused(load_weights, path, "larger than the whole file")
+
+
 def test_cfg_ndarray_whose_shape_is_not_numbers(tmp_path):
     # found: ValueError from int() of a shape entry in the embedded cfg's _reconstruct (cfg_yaml).
     text = ("PIXEL_MEANS: !!python/object/apply:numpy.core.multiarray._reconstruct\n"

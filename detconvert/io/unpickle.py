@@ -415,10 +415,10 @@ class RestrictedUnpickler:
             raise self.corrupt(f"array with {len(shape)} dimensions")
         if any(s < 0 for s in shape):
             raise self.corrupt(f"negative array shape {shape[:8]}")
-        nbytes = dtype.itemsize
+        nbytes, extent = dtype.itemsize, dtype.itemsize
         for s in shape:  # Python ints: no overflow; stop once it is too large for the file
-            nbytes *= s
-            if nbytes > self.size:
+            nbytes, extent = nbytes * s, extent * max(s, 1)
+            if extent > max(self.size, 1 << 16):  # (0, 2**62) holds nothing, yet NumPy refuses to make it
                 raise self.corrupt(f"array shape {shape[:8]} is larger than the whole file")
         low, high = self._data_length_bounds(data)
         if not low <= nbytes <= high:  # before allocating: the shape must match the data it comes with
