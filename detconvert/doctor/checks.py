@@ -242,8 +242,8 @@ def check_cpu() -> List[Check]:
               f"ATen kernels {capability}")
     forced = os.environ.get("ATEN_CPU_CAPABILITY", "").strip()
     if x86 and not avx2:
-        checks.append(Check("cpu", WARN, detail, "no AVX2: PyTorch runs its generic kernels, inference is several "
-                                                 "times slower (results are the same); use a newer CPU or a GPU"))
+        checks.append(Check("cpu", WARN, detail, "no AVX2: PyTorch runs its generic (non-vectorised) kernels, "
+                                                 "several times slower; use a CPU with AVX2 or a GPU"))
     elif avx512 and capability.upper() == "AVX2" and forced:
         checks.append(Check("cpu", WARN, detail + f" (ATEN_CPU_CAPABILITY={forced})",
                             "unset ATEN_CPU_CAPABILITY for AVX-512 kernels (holding ATen at AVX2 is only useful "
