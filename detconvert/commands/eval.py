@@ -112,15 +112,15 @@ def run(args: argparse.Namespace) -> int:
             raise DetconvertError("only used with --voc DIR", flag)
     if not args.annotations:
         raise DetconvertError("needs --annotations JSON (a COCO-format dataset) or --voc DIR (a PASCAL VOC folder)")
+    if args.results and args.weights:
+        raise DetconvertError("give either --results or weights, not both", "--results")
+    if not args.results and not args.image_dir:
+        raise DetconvertError("needs --image_dir DIR (or --results FILE to evaluate an existing json)")
     from detconvert.evaluation.evaluate import evaluate_dataset, evaluate_results_file  # after the argument checks
 
     if args.results:
-        if args.weights:
-            raise DetconvertError("give either --results or weights, not both", "--results")
         report = evaluate_results_file(args.results, args.annotations, iou_types=args.iou_types)
     else:
-        if not args.image_dir:
-            raise DetconvertError("needs --image_dir DIR (or --results FILE to evaluate an existing json)")
         predict_paths = sharded_predict_paths(args)
         if predict_paths is not None and (args.proposals or args.rpn_weights):
             raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",
