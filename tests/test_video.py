@@ -159,6 +159,38 @@ def test_truncated_videos(clip, tmp_path, capsys):
     assert "cannot open this file as a video" in capsys.readouterr().err
 
 
+def test_an_http_stream_and_a_missing_camera(clip, capsys):
+    """A URL goes to OpenCV as it is (a loopback HTTP server here); a camera that is not there is one line."""
+    import functools
+    import http.server
+    import threading
+
+    root, path, _, truth = clip
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        predictor = detconvert.load_model(MODEL, device="cpu")
+        url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+        with detect_video(predictor, url, max_frames=2) as run:
+            frames = list(run)
+        assert [f.index for f in frames] == [0, 1]
+        names = {predictor.class_names[c] for c, s in zip(frames[0].detections.classes, frames[0].detections.scores)
+                 if s >= 0.7}
+        assert names == {name for name, _ in truth[0]}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert cli.main(["infer", "--load_detectron", MODEL, "--video", "63"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["detconvert infer: error: 63: OpenCV cannot open camera 63 (no such device, busy, or no permission)"]
+
+
 def test_bad_flags_are_one_line_errors(clip, tmp_path, capsys):
     _, path, _, _ = clip
     for extra, flag in ((["--every", "0"], "--every"), (["--max-frames", "0"], "--max-frames"),

@@ -140,6 +140,21 @@ def parse_source(source: Union[str, int, PathLike]) -> Union[int, str]:
     return text
 
 
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own WARN lines while probing backends (V4L2, FFmpeg) are replaced by our one-line error."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(level)
+
+
 def open_video(source: Union[str, int, PathLike]) -> Tuple[Any, VideoInfo]:
     """Open ``source`` with ``cv2.VideoCapture``; returns ``(capture, info)``.
 
@@ -148,12 +163,17 @@ def open_video(source: Union[str, int, PathLike]) -> Tuple[Any, VideoInfo]:
     """
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our messages replace FFmpeg's (read at first open)
     target = parse_source(source)
-    capture = cv2.VideoCapture(target)
+    with _quiet_opencv():
+        capture = cv2.VideoCapture(target)
     if not capture.isOpened():
         capture.release()
-        what = "camera" if isinstance(target, int) else "stream" if "://" in str(target) else "file"
-        raise DetconvertError(f"OpenCV cannot open this {what} as a video (not a video, truncated, or an "
-                              "unsupported codec)", str(source))
+        if isinstance(target, int):
+            why = f"OpenCV cannot open camera {target} (no such device, busy, or no permission)"
+        elif "://" in target:
+            why = "OpenCV cannot open this stream (unreachable, refused, or a protocol or codec this build lacks)"
+        else:
+            why = "OpenCV cannot open this file as a video (not a video, truncated, or an unsupported codec)"
+        raise DetconvertError(why, str(source))
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     info = VideoInfo(
@@ -526,7 +546,7 @@ def _progress_bar(total: Optional[int], enabled: Optional[bool]):
     from tqdm import tqdm
 
     enabled = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, disable=not enabled, unit="frame", desc="detconvert video", dynamic_ncols=True)
+    return tqdm(total=total, disable=not enabled, unit="frame", desc="detconvert video")
 
 
 def infer_video(
