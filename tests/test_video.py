@@ -230,3 +230,56 @@ def test_ctrl_c_keeps_the_outputs_valid(clip, tmp_path):
     assert 3 <= len(lines) < 480 and [line["frame"] for line in lines] == list(range(len(lines)))
     assert abs(_read_frames(out_video) - len(lines)) <= 1  # the signal may land between the two writes
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+class _FakeCapture:
+    """A source that opens and yields ``good`` frames, then fails (``raises``) or ends."""
+
+    def __init__(self, good: int, raises: bool):
+        self.good, self.raises, self.index = good, raises, 0
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FPS: 5.0, cv2.CAP_PROP_FRAME_WIDTH: 8, cv2.CAP_PROP_FRAME_HEIGHT: 6}.get(prop, 0.0)
+
+    def read(self):
+        if self.index >= self.good:
+            if self.raises:
+                raise RuntimeError("bitstream error")
+            return False, None
+        self.index += 1
+        return True, np.full((6, 8, 3), self.index, np.uint8)
+
+    def release(self):
+        pass
+
+
+class _CountingPredictor:
+    class_names = ["__background__", "thing"]
+
+    def predict(self, images):
+        from detconvert.structures import Detections
+
+        return [Detections(boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
+                           classes=np.zeros(0, np.int64), image_size=image.shape[:2]) for image in images]
+
+
+def test_a_decoder_failure_keeps_the_frames_before_it(monkeypatch, tmp_path):
+    """An exception in the decoder thread after 3 frames: those 3 come out, then one warning; none: one error."""
+    import detconvert.inference.video as video
+
+    source = tmp_path / "fake.mp4"
+    source.write_bytes(b"\0")
+    monkeypatch.setattr(video.cv2, "VideoCapture", lambda target: _FakeCapture(3, raises=True))
+    warnings = []
+    with detect_video(_CountingPredictor(), source, batch_size=2, warn=warnings.append) as run:
+        frames = list(run)
+    assert [f.index for f in frames] == [0, 1, 2] and [f.timestamp for f in frames] == [0.0, 0.2, 0.4]
+    assert len(warnings) == 1 and "decoding failed after 3 frames (RuntimeError: bitstream error)" in warnings[0]
+
+    monkeypatch.setattr(video.cv2, "VideoCapture", lambda target: _FakeCapture(0, raises=False))
+    with pytest.raises(DetconvertError, match="no frame could be decoded"):
+        with detect_video(_CountingPredictor(), source) as run:
+            list(run)

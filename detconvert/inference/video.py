@@ -326,10 +326,16 @@ class VideoRun:
     def _finish(self) -> None:
         decoder = self._decoder
         decoder.join(timeout=5.0)
-        if decoder.error is not None:
-            raise DetconvertError(f"decoding failed after frame {decoder.read}: {decoder.error}", self.info.source)
         if decoder.read == 0:
-            raise DetconvertError("no frame could be decoded (empty, truncated or not a video)", self.info.source)
+            why = f" ({type(decoder.error).__name__}: {decoder.error})" if decoder.error is not None else ""
+            raise DetconvertError(f"no frame could be decoded (empty, truncated or not a video){why}",
+                                  self.info.source)
+        if decoder.error is not None:  # the frames before it stand, as for a video that ends early
+            self.stats.ended_early = (f"{self.info.source}: decoding failed after {decoder.read} frames "
+                                      f"({type(decoder.error).__name__}: {decoder.error}); the results cover "
+                                      f"frames 0-{decoder.read - 1}")
+            self.warn(self.stats.ended_early)
+            return
         count = self.info.frame_count
         stopped_by_us = decoder.max_frames is not None and decoder.read >= decoder.max_frames
         if count is not None and not stopped_by_us and decoder.read < count - max(1, count // 100):
