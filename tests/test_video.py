@@ -195,7 +195,10 @@ def test_bad_flags_are_one_line_errors(clip, tmp_path, capsys):
     _, path, _, _ = clip
     for extra, flag in ((["--every", "0"], "--every"), (["--max-frames", "0"], "--max-frames"),
                         ([str(path)], "--video"), (["--num-processes", "2"], "--video"),
-                        (["--output-video", str(tmp_path / "x.gif")], "x.gif")):
+                        (["--output-video", str(tmp_path / "x.gif")], "x.gif"),
+                        (["--output-video", str(path)], "overwrite the source"),
+                        (["--output-video", str(tmp_path / "o.mp4"), "--json-lines", str(tmp_path / "o.mp4")],
+                         "the same file")):
         assert cli.main(["infer", "--load_detectron", MODEL, "--video", str(path), *extra]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0], err

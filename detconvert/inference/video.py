@@ -606,6 +606,11 @@ def infer_video(
         if fourcc is None and suffix not in VIDEO_FOURCC:
             raise DetconvertError(f"unsupported video extension '{suffix or '(none)'}' (use "
                                   f"{', '.join(VIDEO_FOURCC)}, or pass --fourcc)", output_video)
+    outputs = [Path(o).resolve() for o in (output_video, json_lines) if o is not None]
+    if len(set(outputs)) < len(outputs):
+        raise DetconvertError("--output-video and --json-lines name the same file", json_lines)
+    if not isinstance(source, int) and Path(str(source)).exists() and Path(str(source)).resolve() in outputs:
+        raise DetconvertError("an output would overwrite the source video; pick another name", source)
     warnings: List[str] = []
 
     def note(message: str) -> None:
