@@ -118,7 +118,8 @@ def test_unreadable_image_is_skipped_with_warning(tmp_path, fake_model, capsys):
     assert cli.main(["infer", "--image_dir", str(folder), "--output_dir", str(out_dir)]) == 0
     captured = capsys.readouterr()
     assert f"detconvert: warning: {folder / 'broken.jpg'}: not an image OpenCV can read; skipped" in captured.err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["a.png.png", "b.jpg.png", "detections_coco.json"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.png.png", "b.jpg.png", "detections_coco.json",
+                                                         "detections_coco.run.json"]  # + run metadata (precision)
     assert "2 images, 1 skipped: 2 pictures" in captured.out
 
 

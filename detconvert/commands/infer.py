@@ -34,6 +34,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when available)")
     group.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1, metavar="N",
                        help="images per forward pass (default 1)")
+    add_precision_argument(group)
+
+
+def add_precision_argument(parser: Any, what: str = "inference") -> None:
+    """``--precision exact|fast`` (default exact), shared by infer, eval, train and the benchmark.
+
+    The value is checked by the library (:func:`detconvert.inference.precision.parse_precision`), so a bad one
+    is the usual one-line error with exit code 2; no torch import at parse time.
+    """
+    parser.add_argument("--precision", default="exact", metavar="exact|fast",
+                        help=f"exact (default): Detectron's float32 numerics; fast: {what} with channels-last and "
+                             "bfloat16 autocast for convolutions and linear layers (CPU with AVX512-BF16/AMX, "
+                             "else float32; CUDA bf16/fp16), post-processing float32 (drift measured in README)")
+
+
+def checked_precision(args: argparse.Namespace) -> str:
+    """``args.precision`` checked (``exact`` / ``fast``), before any image or weight is read."""
+    from detconvert.inference.precision import parse_precision
+
+    args.precision = parse_precision(getattr(args, "precision", None)).value
+    return args.precision
 
 
 def override_pairs(flat: Sequence[str]) -> List[Tuple[str, str]]:
@@ -75,6 +96,7 @@ def load_predictor(args: argparse.Namespace) -> Any:
     from detconvert.data.classes import get_class_table
 
     overrides = override_pairs(args.set_cfgs)
+    checked_precision(args)
     if args.dataset:
         get_class_table(args.dataset)  # fail early on a bad --dataset, before loading weights
     dataset = _load_dataset(args)
@@ -84,7 +106,8 @@ def load_predictor(args: argparse.Namespace) -> Any:
         if exc.name == "detconvert.inference.predictor":
             raise DetconvertError("model loading is not available in this build (detconvert.inference.predictor missing)")
         raise
-    return load_model(args.weights, args.cfg, dataset=dataset, device=args.device, overrides=overrides)
+    return load_model(args.weights, args.cfg, dataset=dataset, device=args.device, overrides=overrides,
+                      precision=args.precision)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,7 +181,7 @@ def proposal_source_from_args(args: argparse.Namespace, predictor: Any, from_fil
         from detconvert.inference.predictor import load_model
 
         rpn = load_model(args.rpn_weights, device=args.device or predictor.device,
-                         overrides=override_pairs(args.set_cfgs))
+                         overrides=override_pairs(args.set_cfgs), precision=predictor.precision)
         if rpn.spec.pipeline != "rpn_only":
             raise DetconvertError(f"not an RPN-only weight file (it is a {rpn.spec.pipeline} model); "
                                   "--rpn-weights takes e.g. an rpn_R-50-FPN model_final.pkl", args.rpn_weights)
@@ -189,9 +212,11 @@ def sharded_predict_paths(args: argparse.Namespace):
     from detconvert.parallel.distributed import torchrun_environment
     from detconvert.inference.sharded import ModelLoader, predict_paths
 
+    checked_precision(args)
     if not (args.num_gpus or args.num_processes > 1 or torchrun_environment()):
         return None
-    loader = ModelLoader(str(args.weights), args.cfg, _load_dataset(args), tuple(override_pairs(args.set_cfgs)))
+    loader = ModelLoader(str(args.weights), args.cfg, _load_dataset(args), tuple(override_pairs(args.set_cfgs)),
+                         precision=str(args.precision))
     return lambda paths: predict_paths(loader, paths, num_gpus=args.num_gpus, num_processes=args.num_processes)
 
 
@@ -245,6 +270,7 @@ def run_video(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.video is not None:
         return run_video(args)
+    checked_precision(args)
     inputs = [*args.im_or_folder, *args.image_dirs, *args.images]
     if not inputs:
         raise DetconvertError("no images given: pass IMAGE_OR_FOLDER, --image_dir DIR, --images FILE ... or --video SRC")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from detconvert.commands.infer import override_pairs
+from detconvert.commands.infer import add_precision_argument, checked_precision, override_pairs
 from detconvert.errors import DetconvertError
 
 HELP = "train or fine-tune a Detectron e2e R-CNN on a COCO-format dataset (Detectron's targets, losses, solver)"
@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=3, help="seed of init, sampler and target sampling (default 3, Detectron's RNG_SEED)")
     parser.add_argument("--log-period", "--log_period", dest="log_period", type=int, default=20, metavar="N",
                         help="progress line every N iterations (default 20)")
+    add_precision_argument(parser, "training (autocast; targets and losses float32)")
     parser.add_argument("--checkpoint-period", "--checkpoint_period", dest="checkpoint_period", type=int, default=0,
                         metavar="N", help="checkpoint every N iterations (default: only at the end)")
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         use_tfboard=args.use_tfboard, no_save=args.no_save, keep_classes=keep, source_classes=args.source_classes,
         num_classes=args.num_classes,
         max_iter=args.max_iter, device=args.device, seed=args.seed, log_period=args.log_period,
-        checkpoint_period=args.checkpoint_period,
+        checkpoint_period=args.checkpoint_period, precision=checked_precision(args),
     )
     result = train_launched(options)
     if result.rank != 0:

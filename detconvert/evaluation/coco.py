@@ -83,12 +83,15 @@ class EvalReport:
         tables: per iou type, the standard table COCOeval.summarize() prints.
         warnings: messages about the inputs (missing category ids, skipped kinds).
         results_path: the results json that was evaluated, when there is one.
+        run_metadata_path: the run metadata written beside a results json this run produced
+            (:func:`detconvert.inference.results.write_run_metadata`: precision, device, weights, these stats).
     """
 
     stats: Dict[str, Dict[str, float]] = field(default_factory=dict)
     tables: Dict[str, str] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     results_path: Optional[Path] = None
+    run_metadata_path: Optional[Path] = None
 
 
 def _default_log(message: str) -> None:

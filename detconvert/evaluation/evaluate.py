@@ -14,7 +14,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from detconvert.evaluation.coco import EvalReport, evaluate_results, load_annotations
-from detconvert.inference.results import detections_to_coco, read_results, write_results
+from detconvert.inference.results import (detections_to_coco, read_results, run_metadata, write_results,
+                                          write_run_metadata)
 from detconvert.data.classes import ClassTable, table_from_names
 from detconvert.errors import DetconvertError, PathLike
 from detconvert.inference.runner import _progress, read_image
@@ -183,4 +184,8 @@ def evaluate_dataset(
     report = evaluate_results(coco_gt, results, iou_types, log=log, warn=warn)
     report.warnings[:0] = notes
     report.results_path = out_path
+    # The results json stays a plain list for pycocotools; precision, device and the AP go beside it.
+    report.run_metadata_path = write_run_metadata(out_path, run_metadata(
+        predictor, results=out_path.name, images=done, detections=len(results),
+        stats={kind: {name: float(v) for name, v in stats.items()} for kind, stats in report.stats.items()}))
     return report

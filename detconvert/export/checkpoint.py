@@ -156,6 +156,9 @@ def convert_weights(
         "converter_version": __version__,
         "source_sha256": wf.sha256,
         "source_name": src.name,
+        # The blobs are copied bit for bit as float32: the weights of Detectron's exact numerics. Inference
+        # picks its own precision (load_model(precision=...)); this records what the file holds.
+        "precision": json.dumps({"precision": "exact", "compute_dtype": "float32"}),
     }
     if wf.flavour == "detectron_imagenet":
         spec = None

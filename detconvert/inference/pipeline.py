@@ -54,6 +54,7 @@ from detconvert.ops import (
     segm_results,
     stable_topk_desc,
 )
+from detconvert.inference.precision import PrecisionPolicy, resolve_precision
 from detconvert.ops.fpn_levels import distribute_rois_to_levels
 from detconvert.spec import ArchSpec, RoIXformSpec
 from detconvert.structures import Detections
@@ -153,7 +154,8 @@ def _pool(
 
 
 def _rpn_proposals(
-    model: DetectronModel, spec: ArchSpec, feats: Dict[str, Tensor], im_info: Tensor, blobs: _Blobs
+    model: DetectronModel, spec: ArchSpec, feats: Dict[str, Tensor], im_info: Tensor, blobs: _Blobs,
+    policy: PrecisionPolicy,
 ) -> Tuple[Tensor, Tensor]:
     """RPN head + ``GenerateProposals`` (per level with FPN) + the FPN collect step.
 
@@ -170,7 +172,7 @@ def _rpn_proposals(
     if rpn.kind == "fpn":
         first = rpn.min_level - spec.fpn.min_level
         maps = pyramid[first:first + rpn.max_level - rpn.min_level + 1]
-        logits, deltas = model.rpn_head(maps)
+        logits, deltas = policy.run(model.rpn_head, maps)
         rois_l, probs_l = [], []
         for lvl, lg, dl in zip(range(rpn.min_level, rpn.max_level + 1), logits, deltas):
             probs = torch.sigmoid(lg)
@@ -187,7 +189,7 @@ def _rpn_proposals(
             probs_l.append(p)
         # collect_and_distribute_fpn_rpn_proposals.collect (each image its own top-N).
         return collect_fpn_proposals(rois_l, probs_l, rpn.post_nms_top_n)
-    logits, deltas = model.rpn_head([pyramid[-1]])
+    logits, deltas = policy.run(model.rpn_head, [pyramid[-1]])
     probs = torch.sigmoid(logits[0])
     blobs.put("rpn_cls_logits", logits[0])
     blobs.put("rpn_cls_probs", probs)
@@ -284,8 +286,8 @@ def _scaled_rois(per_image_boxes: List[Tensor], im_scales: np.ndarray, device: t
 def _contiguous_pooling_maps(model: DetectronModel, spec: ArchSpec, feats: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """``feats`` with the maps RoIs are pooled from made NCHW-contiguous.
 
-    The CPU backbone runs channels-last; torchvision's CPU RoIAlign reads NCHW and would copy a map
-    again for every pooling (box, mask and keypoint heads). Converting once saves those copies.
+    In ``fast`` the CPU backbone runs channels-last; torchvision's CPU RoIAlign reads NCHW and would copy
+    a map again for every pooling (box, mask and keypoint heads). Converting once saves those copies.
     """
     if spec.fpn is not None:
         names = list(model.fpn.feature_names)
@@ -302,16 +304,17 @@ def _rcnn_heads(
     blob: ImageBlob,
     image_hw: List[Tuple[int, int]],
     blobs: _Blobs,
+    policy: PrecisionPolicy,
     given: Optional[Tuple[List[np.ndarray], List[np.ndarray]]] = None,
 ) -> List[Detections]:
     """Box head -> post-processing -> mask and keypoint heads (``im_detect_all`` after the proposals)."""
     device = rois.device
     num_images = len(image_hw)
     bh = spec.box_head
-    if device.type == "cpu":
+    if device.type == "cpu" and policy.channels_last:
         feats = _contiguous_pooling_maps(model, spec, feats)
     pooled = _pool(model, spec, feats, rois, bh.roi_xform, blobs, "rois")
-    cls_score, bbox_pred = model.box_predictor(model.box_head(pooled))
+    cls_score, bbox_pred = policy.run(lambda x: model.box_predictor(model.box_head(x)), policy.prepare_input(pooled))
     del pooled
     cls_prob = torch.softmax(cls_score, dim=1)
     blobs.put("cls_score", cls_score)
@@ -362,7 +365,7 @@ def _rcnn_heads(
     if spec.mask_head is not None:
         mask_rois = _scaled_rois(det_boxes, blob.im_scales, device)
         pooled = _pool(model, spec, feats, mask_rois, spec.mask_head.roi_xform, blobs, "mask_rois")
-        probs = torch.sigmoid(model.mask_head(pooled))
+        probs = torch.sigmoid(policy.run(model.mask_head, policy.prepare_input(pooled)))
         del pooled
         blobs.put("mask_fcn_probs", probs)
         probs_np = probs.cpu().numpy()
@@ -378,7 +381,7 @@ def _rcnn_heads(
     if spec.keypoint_head is not None:
         kp_rois = _scaled_rois(det_boxes, blob.im_scales, device)
         pooled = _pool(model, spec, feats, kp_rois, spec.keypoint_head.roi_xform, blobs, "keypoint_rois")
-        lowres, heatmaps = model.keypoint_head(pooled, return_lowres=True)
+        lowres, heatmaps = policy.run(model.keypoint_head, policy.prepare_input(pooled), return_lowres=True)
         del pooled
         if lowres is not None:
             blobs.put("kps_score_lowres", lowres)
@@ -401,13 +404,13 @@ def _rcnn_heads(
 
 def _retinanet(
     model: DetectronModel, spec: ArchSpec, feats: Dict[str, Tensor], blob: ImageBlob,
-    image_hw: List[Tuple[int, int]], blobs: _Blobs,
+    image_hw: List[Tuple[int, int]], blobs: _Blobs, policy: PrecisionPolicy,
 ) -> List[Detections]:
     """``core/test_retinanet.im_detect_bbox`` per image."""
     rt = spec.retinanet
     head = model.retinanet_head
     pyramid = model.pyramid(feats)
-    cls_logits, box_deltas = head(pyramid)
+    cls_logits, box_deltas = policy.run(head, pyramid)
     levels = list(range(spec.fpn.min_level, spec.fpn.max_level + 1))
     num_fg = spec.num_classes - 1
     a = rt.num_anchors
@@ -482,6 +485,7 @@ def run_pipeline(
     proposals: Optional[Sequence[np.ndarray]] = None,
     keep_blobs: bool = False,
     device: Optional[torch.device] = None,
+    precision: Optional[PrecisionPolicy] = None,
 ) -> PipelineOutput:
     """Run Detectron's test path for ``model.spec`` on a batch of BGR ``uint8`` images.
 
@@ -492,6 +496,10 @@ def run_pipeline(
             pixels, best first (Detectron's proposal file ``boxes`` entries).
         keep_blobs: also return intermediate blobs under Detectron's names.
         device: where to run (default: the model's device).
+        precision: the :class:`~detconvert.inference.precision.PrecisionPolicy` (default: exact). In fast
+            the network modules run under autocast and hand float32 to every op after them (RoIAlign,
+            decoding, NMS, thresholds, mask paste, keypoints); the model must be in the policy's memory
+            format (:meth:`PrecisionPolicy.prepare_model`, done by :class:`Predictor`).
 
     Returns:
         :class:`PipelineOutput`; detections are in original-image pixels, class by class.
@@ -502,6 +510,7 @@ def run_pipeline(
     spec = model.spec
     if device is None:
         device = next(model.parameters()).device
+    policy = precision if precision is not None else resolve_precision("exact", device)
     blobs = _Blobs(keep_blobs)
     image_hw = [(int(im.shape[0]), int(im.shape[1])) for im in images]
     if spec.pipeline == "precomputed_proposals":
@@ -511,27 +520,27 @@ def run_pipeline(
             prepare_proposals(p, h, w, proposal_limit=spec.test.proposal_limit) for p, (h, w) in zip(proposals, image_hw)
         ]
     blob = make_image_blob(spec, images)
-    data = torch.from_numpy(blob.data).to(device)
+    data = policy.prepare_input(torch.from_numpy(blob.data).to(device))
     im_info = torch.from_numpy(blob.im_info).to(device)
     blobs.put("im_info", blob.im_info)
 
-    with torch.inference_mode():
-        feats = model.features(data)
+    with torch.inference_mode(), policy.numerics():
+        feats = policy.run(model.features, data)
         del data
         if blobs.enabled:
             for name, value in feats.items():
                 blobs.put(name, value)
         if spec.pipeline == "retinanet":
-            dets = _retinanet(model, spec, feats, blob, image_hw, blobs)
+            dets = _retinanet(model, spec, feats, blob, image_hw, blobs, policy)
         elif spec.pipeline == "precomputed_proposals":
             rois, kept, inverse = _given_rois(spec, proposals, blob, device)
-            dets = _rcnn_heads(model, spec, feats, rois, blob, image_hw, blobs, given=(kept, inverse))
+            dets = _rcnn_heads(model, spec, feats, rois, blob, image_hw, blobs, policy, given=(kept, inverse))
         else:
-            rois, probs = _rpn_proposals(model, spec, feats, im_info, blobs)
+            rois, probs = _rpn_proposals(model, spec, feats, im_info, blobs, policy)
             if spec.pipeline == "rpn_only":
                 dets = _proposal_detections(rois, probs, blob, image_hw)
             else:
-                dets = _rcnn_heads(model, spec, feats, rois, blob, image_hw, blobs)
+                dets = _rcnn_heads(model, spec, feats, rois, blob, image_hw, blobs, policy)
     return PipelineOutput(detections=dets, blobs=blobs.data)
 
 

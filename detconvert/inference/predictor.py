@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from detconvert.errors import ConfigError, DetconvertError, MappingError, PathLike, WeightFileError
+from detconvert.inference.precision import Precision, PrecisionPolicy, resolve_precision
 from detconvert.io.weights import WeightFile, load_weights
 from detconvert.modeling.detector import DetectronModel, build_model
 from detconvert.modeling.loading import LoadReport, load_detectron_blobs
@@ -39,7 +40,7 @@ __all__ = ["Predictor", "load_model", "default_class_names", "CHECKPOINT_FORMAT"
 CHECKPOINT_FORMAT = "detconvert"
 #: Metadata keys of a converted checkpoint (all values are strings; JSON where structured).
 METADATA_KEYS = ("format", "kind", "converter_version", "spec", "class_names", "conventions", "source_sha256",
-                 "source_name", "cfg")
+                 "source_name", "cfg", "precision")
 
 ImageLike = Union[np.ndarray, str, Path]
 
@@ -85,6 +86,9 @@ class Predictor:
         device: where it runs.
         load_report: what loading the weights did (None for converted checkpoints loaded by name).
         source: the weight file.
+        precision: ``Precision.EXACT`` (``== "exact"``, the default) or ``Precision.FAST``; chosen once here.
+        precision_policy: what that precision runs as on :attr:`device` (dtype, layout, backend);
+            ``precision_policy.describe()`` is the run metadata written beside results.
     """
 
     def __init__(
@@ -95,13 +99,21 @@ class Predictor:
         *,
         load_report: Optional[LoadReport] = None,
         source: Optional[Path] = None,
+        precision: Union[str, Precision, PrecisionPolicy, None] = "exact",
     ):
+        self.precision_policy = resolve_precision(precision, device)
+        self.precision_policy.prepare_model(model)
         self.model = model
         self.spec: ArchSpec = model.spec
         self.class_names = list(class_names)
         self.device = device
         self.load_report = load_report
         self.source = source
+
+    @property
+    def precision(self) -> Precision:
+        """``exact`` or ``fast`` (a ``str`` enum)."""
+        return self.precision_policy.precision
 
     @property
     def needs_proposals(self) -> bool:
@@ -143,7 +155,8 @@ class Predictor:
                 "this model reads precomputed proposals (it has no RPN): pass proposals=[boxes per image]",
                 "predict",
             )
-        out = run_pipeline(self.model, arrays, proposals=proposals, keep_blobs=keep_blobs, device=self.device)
+        out = run_pipeline(self.model, arrays, proposals=proposals, keep_blobs=keep_blobs, device=self.device,
+                           precision=self.precision_policy)
         if keep_blobs:
             for d in out.detections:
                 d.extras = out.blobs
@@ -165,7 +178,7 @@ class Predictor:
 
     def __repr__(self) -> str:
         return (f"Predictor({self.spec.conv_body_name or self.spec.meta_arch}, pipeline={self.spec.pipeline}, "
-                f"classes={self.spec.num_classes}, device={self.device})")
+                f"classes={self.spec.num_classes}, device={self.device}, precision={self.precision})")
 
 
 def is_converted_checkpoint(wf: WeightFile) -> bool:
@@ -290,6 +303,7 @@ def load_model(
     dataset: Optional[str] = None,
     device: Optional[Union[str, torch.device]] = None,
     overrides: Sequence[Tuple[str, Any]] = (),
+    precision: Union[str, Precision, None] = "exact",
 ) -> Predictor:
     """Load a Detectron network ready for :meth:`Predictor.predict`.
 
@@ -301,15 +315,19 @@ def load_model(
             ``MODEL.NUM_CLASSES`` when the cfg does not and the class names.
         device: ``cpu``, ``cuda``, ``cuda:N`` (default: CUDA when available).
         overrides: ``(KEY, VALUE)`` config overrides (Detectron's ``--set``), e.g. ``[("TEST.SCALE", "600")]``.
+        precision: ``"exact"`` (default: Detectron's float32 numerics, NCHW on the CPU, no TF32 on CUDA) or
+            ``"fast"`` (channels-last, bfloat16 / float16 autocast for convolutions and linear layers, the
+            post-processing in float32); see :mod:`detconvert.inference.precision`.
 
     Returns:
         A :class:`Predictor`.
 
     Raises:
         DetconvertError: unreadable weights, a cfg that does not fit the weights (one line naming the
-            file and the mismatch), a bad device.
+            file and the mismatch), a bad device, an unknown precision.
     """
     dev = _pick_device(device)
+    policy = resolve_precision(precision, dev)  # a bad value fails before the weights are read
     if isinstance(weights, WeightFile):
         wf = weights
     else:
@@ -322,5 +340,6 @@ def load_model(
     model, report, names = build_from_weights(wf, cfg, dataset=dataset, overrides=overrides)
     # Exact by default: NCHW float32, the layout whose CPU kernels reproduce Detectron's blobs (channels-last
     # changes GroupNorm's and the convolutions' summation order: scores 1e-4 off, RoIs swapped after top-N).
+    # Predictor puts the model in the policy's layout (channels-last in fast).
     model.to(dev).eval()
-    return Predictor(model, names, dev, load_report=report, source=wf.path)
+    return Predictor(model, names, dev, load_report=report, source=wf.path, precision=policy)

@@ -104,6 +104,38 @@ def write_results(results: Sequence[Dict[str, Any]], path: PathLike) -> Path:
     return path
 
 
+def run_metadata_path(results_path: PathLike) -> Path:
+    """Where the run metadata of a results json goes: ``detections_coco.json`` -> ``detections_coco.run.json``.
+
+    The results file itself stays the plain list of records pycocotools' ``loadRes`` reads, so how it was
+    produced (precision, dtype, layout, device, weights) is written beside it.
+    """
+    path = Path(results_path)
+    return path.with_name(f"{path.stem}.run.json" if path.suffix == ".json" else f"{path.name}.run.json")
+
+
+def run_metadata(predictor: Any, **extra: Any) -> Dict[str, Any]:
+    """What produced a set of results: detconvert version, the predictor's precision policy, its weights."""
+    from detconvert import __version__
+
+    policy = getattr(predictor, "precision_policy", None)
+    meta: Dict[str, Any] = {"detconvert_version": __version__}
+    meta.update(policy.describe() if policy is not None else {"precision": str(getattr(predictor, "precision", "exact"))})
+    source = getattr(predictor, "source", None)
+    if source is not None:
+        meta["weights"] = str(source)
+    meta.update(extra)
+    return meta
+
+
+def write_run_metadata(results_path: PathLike, metadata: Dict[str, Any]) -> Path:
+    """Write ``metadata`` (JSON) atomically beside ``results_path`` (:func:`run_metadata_path`); returns its path."""
+    path = run_metadata_path(results_path)
+    with atomic_write(path, "w") as handle:
+        json.dump(metadata, handle, indent=1, sort_keys=True)
+    return path
+
+
 def read_results(path: PathLike) -> List[Dict[str, Any]]:
     """Read and check a COCO results json (a list of records with image_id, category_id and score).
 

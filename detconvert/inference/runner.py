@@ -29,7 +29,7 @@ from detconvert.inference.proposals import (
     proposal_file_id,
     write_proposals,
 )
-from detconvert.inference.results import detections_to_coco, write_results
+from detconvert.inference.results import detections_to_coco, run_metadata, write_results, write_run_metadata
 from detconvert.data.classes import ClassTable, table_from_names
 from detconvert.errors import DetconvertError, PathLike
 from detconvert.structures import Detections
@@ -56,6 +56,8 @@ class InferSummary:
         results: the json's records.
         num_proposals: proposals an RPN-only model produced (all images).
         proposals_path: the proposal file an RPN-only run wrote.
+        run_metadata_path: ``<json stem>.run.json`` beside the json: precision, dtype, layout, device, weights
+            (the json itself stays the plain record list pycocotools reads).
     """
 
     images: List[Path] = field(default_factory=list)
@@ -67,6 +69,7 @@ class InferSummary:
     results: List[Dict[str, Any]] = field(default_factory=list)
     num_proposals: int = 0
     proposals_path: Optional[Path] = None
+    run_metadata_path: Optional[Path] = None
 
 
 def collect_images(inputs: Union[PathLike, Sequence[PathLike]], image_ext: Optional[str] = None) -> List[Path]:
@@ -323,6 +326,8 @@ def infer_images(
     if not summary.images:
         raise DetconvertError(f"none of the {len(images)} image(s) could be read", Path(images[0]).parent)
     write_results(summary.results, json_path)
+    summary.run_metadata_path = write_run_metadata(json_path, run_metadata(
+        predictor, results=json_path.name, images=len(summary.images), detections=summary.num_detections))
     if rpn_only:
 
         summary.proposals_path = write_proposals(

@@ -23,12 +23,13 @@ class ModelLoader:
     cfg: Optional[str] = None
     dataset: Optional[str] = None
     overrides: Tuple[Tuple[str, str], ...] = ()
+    precision: str = "exact"
 
     def __call__(self, context: WorkerContext) -> Any:
         from detconvert.inference.predictor import load_model
 
         return load_model(self.weights, self.cfg, dataset=self.dataset, device=str(context.device),
-                          overrides=list(self.overrides))
+                          overrides=list(self.overrides), precision=self.precision)
 
 
 def _detect_path(predictor: Any, path: str) -> Optional[Detections]:

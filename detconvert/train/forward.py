@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from detconvert.inference.precision import PrecisionPolicy, resolve_precision
 from detconvert.modeling.detector import DetectronModel
 from detconvert.ops import fpn_rpn_cell_anchors, generate_anchors, generate_proposals, map_rois_to_fpn_levels
 from detconvert.ops import multilevel_roi_align, roi_align
@@ -192,6 +193,7 @@ def training_losses(
     rng: RandomSource,
     settings: TrainProposalSettings = TrainProposalSettings(),
     info: Optional[Dict[str, Any]] = None,
+    precision: Optional[PrecisionPolicy] = None,
 ) -> Dict[str, Tensor]:
     """Detectron's training losses of one minibatch (e2e Faster / Mask / Keypoint R-CNN).
 
@@ -202,20 +204,23 @@ def training_losses(
         rng: random source of the RPN and RoI sampling.
         settings: ``TRAIN.RPN_*`` proposal settings.
         info: if given, receives ``rois`` (the RoI tensor fed to RoIAlign), ``num_fg`` and ``num_rois``.
+        precision: exact (default) or fast: in fast the network modules run under autocast and return
+            float32, so the targets, proposals, RoIAlign and every loss are computed in float32.
 
     Returns:
         ``{loss name: scalar}`` with Detectron's names (``loss_rpn_cls_fpn2`` ..., ``loss_cls``,
         ``loss_bbox``, ``loss_mask``, ``loss_kps``); the total is their sum.
     """
     spec: ArchSpec = model.spec
+    policy = precision if precision is not None else resolve_precision("exact", batch.images.device)
     if spec.meta_arch == "retinanet":
-        return retinanet_training_losses(model, batch, cfg)
+        return retinanet_training_losses(model, batch, cfg, policy)
     if spec.rpn is None or spec.box_head is None:
         raise ValueError("training_losses trains end-to-end R-CNN models (RPN + box head)")
     device = batch.images.device
-    feats = model.features(batch.images)
+    feats = policy.run(model.features, policy.prepare_input(batch.images))
     maps, suffixes, levels = _rpn_level_maps(model, spec, feats)
-    logits, deltas = model.rpn_head(maps)
+    logits, deltas = policy.run(model.rpn_head, maps)
 
     rpn_blobs = add_rpn_blobs(batch.roidb, batch.im_scales, cfg, rng)
     losses = rpn_losses(dict(zip(suffixes, logits)), dict(zip(suffixes, deltas)), rpn_blobs, cfg)
@@ -228,20 +233,22 @@ def training_losses(
     # The RoIs come from NumPy: they carry no graph by construction.
     rois = torch.from_numpy(blobs["rois"]).to(device)
     pooled = _pool(model, spec, feats, rois, spec.box_head.roi_xform)
-    cls_score, bbox_pred = model.box_predictor(model.box_head(pooled))
+    cls_score, bbox_pred = policy.run(lambda x: model.box_predictor(model.box_head(x)), policy.prepare_input(pooled))
     losses.update(box_head_losses(cls_score, bbox_pred, blobs))
     if info is not None:
         info.update(rois=rois, num_rois=int(rois.shape[0]), num_fg=int((blobs["labels_int32"] > 0).sum()))
 
     if spec.mask_head is not None and cfg.mask_on:
         mask_rois = torch.from_numpy(blobs["mask_rois"]).to(device)
-        mask_logits = model.mask_head(_pool(model, spec, feats, mask_rois, spec.mask_head.roi_xform))
+        pooled = _pool(model, spec, feats, mask_rois, spec.mask_head.roi_xform)
+        mask_logits = policy.run(model.mask_head, policy.prepare_input(pooled))
         losses["loss_mask"] = mask_loss(mask_logits, blobs, cfg)
         if info is not None:
             info["mask_rois"] = mask_rois
     if spec.keypoint_head is not None and cfg.keypoints_on:
         kp_rois = torch.from_numpy(blobs["keypoint_rois"]).to(device)
-        kps = model.keypoint_head(_pool(model, spec, feats, kp_rois, spec.keypoint_head.roi_xform))
+        pooled = _pool(model, spec, feats, kp_rois, spec.keypoint_head.roi_xform)
+        kps = policy.run(model.keypoint_head, policy.prepare_input(pooled))
         loss = keypoint_loss(kps, blobs, cfg)
         # A minibatch with too few visible keypoints is skipped by Detectron's loader
         # (keypoint_rcnn.finalize_keypoint_minibatch): its keypoint loss contributes nothing.
@@ -250,14 +257,17 @@ def training_losses(
     return losses
 
 
-def retinanet_training_losses(model: DetectronModel, batch: TrainBatch, cfg: TrainConfig) -> Dict[str, Tensor]:
+def retinanet_training_losses(model: DetectronModel, batch: TrainBatch, cfg: TrainConfig,
+                              precision: Optional[PrecisionPolicy] = None) -> Dict[str, Tensor]:
     """RetinaNet's losses of one minibatch (``retinanet_heads.add_fpn_retinanet_losses``).
 
     The head runs on P3..P7; the anchor targets (``roi_data/retinanet.add_retinanet_blobs``) are laid
     out for the padded blob's size. Returns ``fl_fpn<l>`` and ``retnet_loss_bbox_fpn<l>`` per level.
     """
     spec: ArchSpec = model.spec
-    cls_logits, bbox_preds = model.retinanet_head(model.pyramid(model.features(batch.images)))
+    policy = precision if precision is not None else resolve_precision("exact", batch.images.device)
+    feats = policy.run(model.features, policy.prepare_input(batch.images))
+    cls_logits, bbox_preds = policy.run(model.retinanet_head, model.pyramid(feats))
     levels = range(spec.fpn.min_level, spec.fpn.max_level + 1)
     height, width = batch.images.shape[-2:]
     blobs = add_retinanet_blobs(batch.roidb, batch.im_scales, int(width), int(height), cfg)

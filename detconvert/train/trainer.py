@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from detconvert.data.batching import pad_images
 from detconvert.data.samplers import AspectRatioGroupedBatchSampler, DistributedAspectRatioGroupedBatchSampler
 from detconvert.errors import ConfigError, DetconvertError, PathLike
+from detconvert.inference.precision import PrecisionPolicy, resolve_precision
 from detconvert.modeling.detector import DetectronModel, build_model
 from detconvert.ops.preprocess import prep_im_for_blob
 from detconvert.spec import ArchSpec
@@ -196,14 +197,16 @@ class _LossNet(nn.Module):
     call the model's submodules directly, hence this wrapper.
     """
 
-    def __init__(self, model: DetectronModel, cfg: TrainConfig, settings: TrainProposalSettings):
+    def __init__(self, model: DetectronModel, cfg: TrainConfig, settings: TrainProposalSettings,
+                 precision: Optional[PrecisionPolicy] = None):
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.settings = settings
+        self.precision = precision
 
     def forward(self, batch: TrainBatch, rng: SeededSampling) -> Dict[str, Tensor]:
-        return training_losses(self.model, batch, self.cfg, rng, self.settings)
+        return training_losses(self.model, batch, self.cfg, rng, self.settings, precision=self.precision)
 
 
 def _process_group() -> Optional[Tuple[int, int]]:
@@ -245,6 +248,9 @@ class TrainOptions:
         log_period: a progress line every N iterations (0: none).
         checkpoint_period: a checkpoint every N iterations (0: only at the end).
         clip_grad_norm: clip the gradient norm of each step (not a Detectron option; off by default).
+        precision: ``"exact"`` (default, float32) or ``"fast"`` (``--precision``): channels-last and bfloat16
+            autocast for the convolutions and linear layers; targets, RoIAlign and losses stay float32.
+            Recorded in the checkpoints and ``model_final.pth``.
         body_override: :class:`~detconvert.spec.ResNetSpec` fields replacing the config's (tiny models:
             ``block_counts``, ``stem_out_dim``, ``res2_out_dim``), which Detectron's config cannot express.
         log: where progress lines go.
@@ -273,6 +279,7 @@ class TrainOptions:
     checkpoint_period: int = 0
     body_override: Mapping[str, Any] = field(default_factory=dict)
     clip_grad_norm: Optional[float] = None
+    precision: str = "exact"
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
 
@@ -292,6 +299,8 @@ class TrainResult:
     model_final: Optional[Path] = None
     #: This process's rank (0 outside a process group): only rank 0 reports.
     rank: int = 0
+    #: What the training ran as (:meth:`PrecisionPolicy.describe`): precision, dtype, layout, device.
+    precision: Dict[str, Any] = field(default_factory=dict)
 
 
 def _translated_cfg(options: TrainOptions, num_classes: Optional[int]) -> Dict[str, Any]:
@@ -404,6 +413,7 @@ def train(options: TrainOptions) -> TrainResult:
             ``--resume`` with ``--load_detectron``, a class count that does not fit the dataset).
     """
     start_time = time.perf_counter()
+    policy = resolve_precision(options.precision, options.device)  # a bad value fails before any data is read
     if options.resume and not options.load_ckpt:
         raise DetconvertError("--resume needs --load_ckpt (the checkpoint to continue)", "--resume")
     if options.resume and options.load_detectron:
@@ -468,6 +478,7 @@ def train(options: TrainOptions) -> TrainResult:
 
     device = torch.device(options.device)
     model.to(device).train()
+    policy.prepare_model(model)
     optimizer = build_optimizer(model, solver)
     start_step = 0
     if options.load_ckpt:
@@ -493,9 +504,10 @@ def train(options: TrainOptions) -> TrainResult:
     is_main = rank == 0
     writer = _tensorboard(options) if is_main else None
     ckpt_dir = Path(options.output_dir or ".") / "ckpt"
-    extra = {"cfg": _jsonable(cfg), "class_names": names, "body_override": dict(options.body_override)}
+    extra = {"cfg": _jsonable(cfg), "class_names": names, "body_override": dict(options.body_override),
+             "precision": policy.describe()}
 
-    net: nn.Module = _LossNet(model, tcfg, proposal_settings)
+    net: nn.Module = _LossNet(model, tcfg, proposal_settings, policy)
     if world is not None:
         from detconvert.parallel.distributed import wrap_ddp
 
@@ -543,12 +555,13 @@ def train(options: TrainOptions) -> TrainResult:
     if is_main and not options.no_save and solver.max_iter > start_step:
         last_ckpt = ckpt_dir / f"model_step{solver.max_iter}.pth"
         save_checkpoint(last_ckpt, model, optimizer, solver.max_iter, solver, extra)
-        model_final = save_model_final(model, names, cfg, Path(options.output_dir or ".") / "model_final.pth")
+        model_final = save_model_final(model, names, cfg, Path(options.output_dir or ".") / "model_final.pth",
+                                       precision=policy)
     if writer is not None:
         writer.close()
     model.eval()
     return TrainResult(model, names, cfg, history, last_ckpt, start_step, time.perf_counter() - start_time,
-                       surgery_lines, model_final, rank)
+                       surgery_lines, model_final, rank, policy.describe())
 
 
 def train_launched(options: TrainOptions) -> TrainResult:
@@ -600,7 +613,8 @@ def _class_surgery(model: DetectronModel, names: List[str], cfg: Dict[str, Any],
     return model, list(report.classes), cfg, report.lines()
 
 
-def save_model_final(model: DetectronModel, class_names: Sequence[str], cfg: Mapping[str, Any], path: PathLike) -> Path:
+def save_model_final(model: DetectronModel, class_names: Sequence[str], cfg: Mapping[str, Any], path: PathLike,
+                     precision: Optional[PrecisionPolicy] = None) -> Path:
     """Write the trained detector as a ``detconvert weights`` checkpoint (``torch`` layout).
 
     :func:`detconvert.load_model` rebuilds the network from the stored spec, so a body no Detectron
@@ -621,6 +635,8 @@ def save_model_final(model: DetectronModel, class_names: Sequence[str], cfg: Map
         "class_names": json.dumps(list(class_names)),
         "conventions": json.dumps(spec_dict["conventions"]),
         "cfg_json": json.dumps(_jsonable(cfg)),
+        # How the weights were trained (exact: float32; fast: bfloat16 autocast); inference picks its own.
+        "precision": json.dumps((precision or resolve_precision("exact", "cpu")).describe()),
     }
     with atomic_write(path, "wb") as handle:
         handle.write(serialise_state(portable_state_dict(model), metadata, "pth"))
