@@ -34,6 +34,7 @@ from torch import Tensor
 
 from detconvert.modeling.detector import DetectronModel
 from detconvert.ops import (
+    BoxResults,
     ImageBlob,
     batched_nms,
     bbox_transform,
@@ -59,7 +60,9 @@ from detconvert.ops.fpn_levels import distribute_rois_to_levels
 from detconvert.spec import ArchSpec, RoIXformSpec
 from detconvert.structures import Detections
 
-__all__ = ["PipelineOutput", "run_pipeline", "prepare_proposals", "make_image_blob"]
+__all__ = ["PipelineOutput", "run_pipeline", "prepare_proposals", "make_image_blob", "BodyPass", "body_pass",
+           "box_predictions", "box_post_processing", "mask_probabilities", "keypoint_heatmaps",
+           "assemble_detections", "split_per_image"]
 
 #: ``utils/boxes.unique_boxes`` and ``core/test.im_detect_bbox`` hash a box as a dot product with these.
 _HASH_WEIGHTS_4 = np.array([1, 1e3, 1e6, 1e9])
@@ -91,11 +94,16 @@ class _Blobs:
         self.data[name] = np.array(value, copy=True)
 
 
-def make_image_blob(spec: ArchSpec, images: Sequence[np.ndarray]) -> ImageBlob:
-    """Detectron's network input for ``images`` (``utils/blob.get_image_blob``; FPN: padded to COARSEST_STRIDE)."""
+def make_image_blob(
+    spec: ArchSpec, images: Sequence[np.ndarray], *, scale: Optional[int] = None, max_size: Optional[int] = None
+) -> ImageBlob:
+    """Detectron's network input for ``images`` (``utils/blob.get_image_blob``; FPN: padded to COARSEST_STRIDE).
+
+    ``scale`` / ``max_size`` default to ``TEST.SCALE`` / ``TEST.MAX_SIZE``.
+    """
     stride = spec.fpn.coarsest_stride if spec.fpn is not None else None
     return get_images_blob(
-        images, spec.test.scale, spec.test.max_size,
+        images, spec.test.scale if scale is None else scale, spec.test.max_size if max_size is None else max_size,
         pixel_means=spec.conventions.pixel_means, coarsest_stride=stride,
     )
 
@@ -296,23 +304,88 @@ def _contiguous_pooling_maps(model: DetectronModel, spec: ArchSpec, feats: Dict[
     return {**feats, **{name: feats[name].contiguous() for name in names}}
 
 
-def _rcnn_heads(
+@dataclass
+class BodyPass:
+    """Images through the body (+ FPN) at one scale: what every head of that pass reads.
+
+    Attributes:
+        feats: the body's (and FPN's) output maps by Detectron name.
+        blob: the network input (:class:`~detconvert.ops.ImageBlob`: scales, ``im_info``).
+        image_hw: each image's original ``(height, width)``.
+        device: where the maps live.
+    """
+
+    feats: Dict[str, Tensor]
+    blob: ImageBlob
+    image_hw: List[Tuple[int, int]]
+    device: torch.device
+    _pooling: Optional[Dict[str, Tensor]] = None
+
+    def pooling_feats(self, model: DetectronModel, policy: PrecisionPolicy) -> Dict[str, Tensor]:
+        """``feats`` as RoIAlign reads them (NCHW-contiguous once, when the body ran channels-last)."""
+        if self._pooling is None:
+            self._pooling = self.feats
+            if self.device.type == "cpu" and policy.channels_last:
+                self._pooling = _contiguous_pooling_maps(model, model.spec, self.feats)
+        return self._pooling
+
+
+def body_pass(
     model: DetectronModel,
-    spec: ArchSpec,
-    feats: Dict[str, Tensor],
-    rois: Tensor,
-    blob: ImageBlob,
-    image_hw: List[Tuple[int, int]],
-    blobs: _Blobs,
+    images: Sequence[np.ndarray],
+    *,
     policy: PrecisionPolicy,
-    given: Optional[Tuple[List[np.ndarray], List[np.ndarray]]] = None,
-) -> List[Detections]:
-    """Box head -> post-processing -> mask and keypoint heads (``im_detect_all`` after the proposals)."""
-    device = rois.device
-    num_images = len(image_hw)
+    device: torch.device,
+    scale: Optional[int] = None,
+    max_size: Optional[int] = None,
+    blobs: Optional[_Blobs] = None,
+) -> BodyPass:
+    """``utils/blob.get_image_blob`` + the body: ``core/test.im_conv_body_only`` at ``scale`` / ``max_size``.
+
+    Call inside ``torch.inference_mode()`` and ``policy.numerics()``. ``scale`` / ``max_size`` default to
+    ``TEST.SCALE`` / ``TEST.MAX_SIZE`` (test-time augmentation passes its own).
+    """
+    spec = model.spec
+    blobs = blobs or _Blobs(False)
+    blob = make_image_blob(spec, images, scale=scale, max_size=max_size)
+    data = policy.prepare_input(torch.from_numpy(blob.data).to(device))
+    blobs.put("im_info", blob.im_info)
+    feats = policy.run(model.features, data)
+    del data
+    if blobs.enabled:
+        for name, value in feats.items():
+            blobs.put(name, value)
+    return BodyPass(feats=feats, blob=blob, image_hw=[(int(im.shape[0]), int(im.shape[1])) for im in images],
+                    device=device)
+
+
+def box_predictions(
+    model: DetectronModel,
+    body: BodyPass,
+    *,
+    policy: PrecisionPolicy,
+    proposals: Optional[Sequence[np.ndarray]] = None,
+    blobs: Optional[_Blobs] = None,
+) -> List[Tuple[Tensor, Tensor]]:
+    """``core/test.im_detect_bbox`` on a :class:`BodyPass`: per image ``(scores [R, C], boxes [R, 4C])``.
+
+    End-to-end models propose with their RPN on this pass's maps; precomputed-proposal models take
+    ``proposals`` (per image, original pixels, already :func:`prepare_proposals`-ed), scaled and
+    de-duplicated (``DEDUP_BOXES``) and mapped back to every given row. Boxes are decoded and clipped
+    in the image's original pixels, before any thresholding or NMS.
+    """
+    spec = model.spec
+    blobs = blobs or _Blobs(False)
+    device = body.device
+    given = None
+    if spec.pipeline == "precomputed_proposals":
+        rois, kept, inverse = _given_rois(spec, proposals, body.blob, device)
+        given = (kept, inverse)
+    else:
+        im_info = torch.from_numpy(body.blob.im_info).to(device)
+        rois, _ = _rpn_proposals(model, spec, body.feats, im_info, blobs, policy)
+    feats = body.pooling_feats(model, policy)
     bh = spec.box_head
-    if device.type == "cpu" and policy.channels_last:
-        feats = _contiguous_pooling_maps(model, spec, feats)
     pooled = _pool(model, spec, feats, rois, bh.roi_xform, blobs, "rois")
     cls_score, bbox_pred = policy.run(lambda x: model.box_predictor(model.box_head(x)), policy.prepare_input(pooled))
     del pooled
@@ -322,10 +395,10 @@ def _rcnn_heads(
     blobs.put("bbox_pred", bbox_pred)
 
     image_of_roi = rois[:, 0].to(torch.int64)
-    results = []
-    for i in range(num_images):
+    out = []
+    for i, hw in enumerate(body.image_hw):
         sel = torch.nonzero(image_of_roi == i, as_tuple=False).flatten()
-        scale = float(blob.im_scales[i])
+        scale = float(body.blob.im_scales[i])
         if given is None:
             # FASTER_RCNN: boxes = rois[:, 1:5] / im_scale, decoded in original pixels.
             ref = rois[sel]
@@ -333,7 +406,7 @@ def _rcnn_heads(
             ref = torch.from_numpy(given[0][i]).to(device)
             scale = 1.0  # the given boxes are already in original pixels
         boxes = decode_box_predictions(
-            ref, bbox_pred[sel], scale, image_hw[i], spec.num_classes,
+            ref, bbox_pred[sel], scale, hw, spec.num_classes,
             weights=bh.bbox_reg_weights, bbox_xform_clip=spec.test.bbox_xform_clip,
             cls_agnostic_bbox_reg=bh.cls_agnostic_bbox_reg,
         )
@@ -341,62 +414,109 @@ def _rcnn_heads(
         if given is not None:  # DEDUP_BOXES: map back to every given proposal
             inv = torch.from_numpy(given[1][i]).to(device)
             scores, boxes = scores[inv], boxes[inv]
-        t = spec.test
-        results.append(box_results_with_nms_and_limit(
-            scores, boxes, score_thresh=t.score_thresh, nms_thresh=t.nms, detections_per_im=t.detections_per_im,
-            soft_nms_method=t.soft_nms_method if t.soft_nms else None, soft_nms_sigma=t.soft_nms_sigma,
-            bbox_vote_thresh=t.bbox_vote_thresh if t.bbox_vote else None, bbox_vote_method=t.bbox_vote_method,
-            bbox_vote_beta=t.bbox_vote_beta,
-        ))
+        out.append((scores, boxes))
+    return out
 
+
+def box_post_processing(spec: ArchSpec, scores, boxes) -> BoxResults:
+    """``core/test.box_results_with_nms_and_limit`` with ``spec.test``'s thresholds, soft-NMS and box voting."""
+    t = spec.test
+    return box_results_with_nms_and_limit(
+        scores, boxes, score_thresh=t.score_thresh, nms_thresh=t.nms, detections_per_im=t.detections_per_im,
+        soft_nms_method=t.soft_nms_method if t.soft_nms else None, soft_nms_sigma=t.soft_nms_sigma,
+        bbox_vote_thresh=t.bbox_vote_thresh if t.bbox_vote else None, bbox_vote_method=t.bbox_vote_method,
+        bbox_vote_beta=t.bbox_vote_beta,
+    )
+
+
+def mask_probabilities(
+    model: DetectronModel, body: BodyPass, boxes: Sequence[Tensor], *, policy: PrecisionPolicy,
+    blobs: Optional[_Blobs] = None,
+) -> Tensor:
+    """``core/test.im_detect_mask``: ``[sum R, K, M, M]`` soft masks of ``boxes`` (per image, original pixels)."""
+    spec = model.spec
+    blobs = blobs or _Blobs(False)
+    mask_rois = _scaled_rois(list(boxes), body.blob.im_scales, body.device)
+    pooled = _pool(model, spec, body.pooling_feats(model, policy), mask_rois, spec.mask_head.roi_xform, blobs,
+                   "mask_rois")
+    probs = torch.sigmoid(policy.run(model.mask_head, policy.prepare_input(pooled)))
+    blobs.put("mask_fcn_probs", probs)
+    return probs
+
+
+def keypoint_heatmaps(
+    model: DetectronModel, body: BodyPass, boxes: Sequence[Tensor], *, policy: PrecisionPolicy,
+    blobs: Optional[_Blobs] = None,
+) -> Tensor:
+    """``core/test.im_detect_keypoints``: ``[sum R, J, H, H]`` heatmap logits of ``boxes`` (original pixels)."""
+    spec = model.spec
+    blobs = blobs or _Blobs(False)
+    kp_rois = _scaled_rois(list(boxes), body.blob.im_scales, body.device)
+    pooled = _pool(model, spec, body.pooling_feats(model, policy), kp_rois, spec.keypoint_head.roi_xform, blobs,
+                   "keypoint_rois")
+    lowres, heatmaps = policy.run(model.keypoint_head, policy.prepare_input(pooled), return_lowres=True)
+    if lowres is not None:
+        blobs.put("kps_score_lowres", lowres)
+    blobs.put("kps_score", heatmaps)
+    return heatmaps
+
+
+def assemble_detections(
+    spec: ArchSpec,
+    results: Sequence[BoxResults],
+    image_hw: Sequence[Tuple[int, int]],
+    masks: Optional[Sequence[np.ndarray]] = None,
+    heatmaps: Optional[Sequence[np.ndarray]] = None,
+) -> List[Detections]:
+    """Final :class:`Detections` per image: ``segm_results`` of ``masks`` and ``keypoint_results`` of ``heatmaps``.
+
+    ``masks[i]`` / ``heatmaps[i]`` are image ``i``'s ``[R_i, K, M, M]`` (or own-class ``[R_i, M, M]``)
+    soft masks and ``[R_i, J, H, H]`` heatmaps, one per detection of ``results[i]`` (None: head absent).
+    """
     dets = []
     for i, res in enumerate(results):
         d = _empty_detections(0, spec, image_hw[i])
         d.boxes = res.boxes.cpu().numpy().astype(np.float32)
         d.scores = res.scores.cpu().numpy().astype(np.float32)
         d.classes = res.classes.cpu().numpy().astype(np.int64)
+        h, w = image_hw[i]
+        if masks is not None and len(d):
+            d.masks = segm_results(masks[i], d.boxes, h, w, classes=d.classes, thresh=spec.mask_head.thresh_binarize)
+        if heatmaps is not None and len(d):
+            # keypoint_results: heatmaps_to_keypoints on the final boxes (KRCNN.NMS_OKS is off in every
+            # Detectron config and not reproduced).
+            d.keypoints = heatmaps_to_keypoints(heatmaps[i], d.boxes,
+                                                inference_min_size=spec.keypoint_head.inference_min_size)
         dets.append(d)
-
-    counts = [len(r) for r in results]
-    if sum(counts) == 0:
-        return dets
-    det_boxes = [r.boxes for r in results]
-
-    if spec.mask_head is not None:
-        mask_rois = _scaled_rois(det_boxes, blob.im_scales, device)
-        pooled = _pool(model, spec, feats, mask_rois, spec.mask_head.roi_xform, blobs, "mask_rois")
-        probs = torch.sigmoid(policy.run(model.mask_head, policy.prepare_input(pooled)))
-        del pooled
-        blobs.put("mask_fcn_probs", probs)
-        probs_np = probs.cpu().numpy()
-        start = 0
-        for i, d in enumerate(dets):
-            n = counts[i]
-            if n:
-                h, w = image_hw[i]
-                d.masks = segm_results(probs_np[start:start + n], d.boxes, h, w, classes=d.classes,
-                                       thresh=spec.mask_head.thresh_binarize)
-            start += n
-
-    if spec.keypoint_head is not None:
-        kp_rois = _scaled_rois(det_boxes, blob.im_scales, device)
-        pooled = _pool(model, spec, feats, kp_rois, spec.keypoint_head.roi_xform, blobs, "keypoint_rois")
-        lowres, heatmaps = policy.run(model.keypoint_head, policy.prepare_input(pooled), return_lowres=True)
-        del pooled
-        if lowres is not None:
-            blobs.put("kps_score_lowres", lowres)
-        blobs.put("kps_score", heatmaps)
-        maps = heatmaps.cpu().numpy()
-        start = 0
-        for i, d in enumerate(dets):
-            n = counts[i]
-            if n:
-                # keypoint_results: heatmaps_to_keypoints on the final boxes (KRCNN.NMS_OKS is off in
-                # every Detectron config and not reproduced).
-                d.keypoints = heatmaps_to_keypoints(maps[start:start + n], d.boxes,
-                                                    inference_min_size=spec.keypoint_head.inference_min_size)
-            start += n
     return dets
+
+
+def split_per_image(values: np.ndarray, results: Sequence[BoxResults]) -> List[np.ndarray]:
+    """Rows of ``values`` (one per detection of all images, in order) cut into one array per image."""
+    bounds = np.cumsum([0] + [len(r) for r in results])
+    return [values[bounds[i]:bounds[i + 1]] for i in range(len(results))]
+
+
+def _rcnn_heads(
+    model: DetectronModel,
+    body: BodyPass,
+    blobs: _Blobs,
+    policy: PrecisionPolicy,
+    proposals: Optional[Sequence[np.ndarray]] = None,
+) -> List[Detections]:
+    """Box head -> post-processing -> mask and keypoint heads (``im_detect_all`` after the body)."""
+    spec = model.spec
+    results = [box_post_processing(spec, scores, boxes)
+               for scores, boxes in box_predictions(model, body, policy=policy, proposals=proposals, blobs=blobs)]
+    det_boxes = [r.boxes for r in results]
+    masks = heatmaps = None
+    if sum(len(r) for r in results) and spec.mask_head is not None:
+        probs = mask_probabilities(model, body, det_boxes, policy=policy, blobs=blobs)
+        masks = split_per_image(probs.cpu().numpy(), results)
+    if sum(len(r) for r in results) and spec.keypoint_head is not None:
+        maps = keypoint_heatmaps(model, body, det_boxes, policy=policy, blobs=blobs)
+        heatmaps = split_per_image(maps.cpu().numpy(), results)
+    return assemble_detections(spec, results, body.image_hw, masks, heatmaps)
 
 
 # ------------------------------------------------------------------------------------------- RetinaNet
@@ -519,28 +639,16 @@ def run_pipeline(
         proposals = [
             prepare_proposals(p, h, w, proposal_limit=spec.test.proposal_limit) for p, (h, w) in zip(proposals, image_hw)
         ]
-    blob = make_image_blob(spec, images)
-    data = policy.prepare_input(torch.from_numpy(blob.data).to(device))
-    im_info = torch.from_numpy(blob.im_info).to(device)
-    blobs.put("im_info", blob.im_info)
-
     with torch.inference_mode(), policy.numerics():
-        feats = policy.run(model.features, data)
-        del data
-        if blobs.enabled:
-            for name, value in feats.items():
-                blobs.put(name, value)
+        body = body_pass(model, images, policy=policy, device=device, blobs=blobs)
         if spec.pipeline == "retinanet":
-            dets = _retinanet(model, spec, feats, blob, image_hw, blobs, policy)
-        elif spec.pipeline == "precomputed_proposals":
-            rois, kept, inverse = _given_rois(spec, proposals, blob, device)
-            dets = _rcnn_heads(model, spec, feats, rois, blob, image_hw, blobs, policy, given=(kept, inverse))
+            dets = _retinanet(model, spec, body.feats, body.blob, image_hw, blobs, policy)
+        elif spec.pipeline == "rpn_only":
+            im_info = torch.from_numpy(body.blob.im_info).to(device)
+            rois, probs = _rpn_proposals(model, spec, body.feats, im_info, blobs, policy)
+            dets = _proposal_detections(rois, probs, body.blob, image_hw)
         else:
-            rois, probs = _rpn_proposals(model, spec, feats, im_info, blobs, policy)
-            if spec.pipeline == "rpn_only":
-                dets = _proposal_detections(rois, probs, blob, image_hw)
-            else:
-                dets = _rcnn_heads(model, spec, feats, rois, blob, image_hw, blobs, policy)
+            dets = _rcnn_heads(model, body, blobs, policy, proposals=proposals)
     return PipelineOutput(detections=dets, blobs=blobs.data)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -126,8 +126,13 @@ class Predictor:
         keep_blobs: bool = False,
         *,
         proposals: Optional[Sequence[np.ndarray]] = None,
+        on_pass: Optional[Callable[[int, int, str], None]] = None,
     ) -> List[Detections]:
         """Detect on a batch of images (one forward pass for all of them).
+
+        When the config asks for test-time augmentation (``TEST.BBOX_AUG`` / ``MASK_AUG`` / ``KPS_AUG``)
+        each image runs alone through Detectron's augmented passes (:mod:`detconvert.inference.tta`);
+        ``--set TEST.BBOX_AUG.ENABLED False`` (and the other two) at load time turns it off.
 
         Args:
             images: BGR ``uint8`` ``H x W x 3`` arrays (as ``cv2.imread`` returns) and/or image paths;
@@ -136,14 +141,18 @@ class Predictor:
                 ``extras`` (the blobs of the whole batch: column 0 of RoI blobs is the image index).
             proposals: precomputed-proposal models only: one ``[R, 4]`` box array per image
                 (original-image pixels, best first).
+            on_pass: test-time augmentation only: called as ``on_pass(done, total, what)`` after each
+                network pass of an image (progress on long images).
 
         Returns:
             One :class:`~detconvert.structures.Detections` per image, in original-image pixels.
 
         Raises:
-            DetconvertError: an unreadable image path, a non-BGR array, missing proposals.
+            DetconvertError: an unreadable image path, a non-BGR array, missing proposals, ``keep_blobs``
+                with test-time augmentation.
         """
         from detconvert.inference.pipeline import run_pipeline
+        from detconvert.inference.tta import run_augmented, uses_augmentation
 
         if isinstance(images, (np.ndarray, str, Path)):
             images = [images]
@@ -155,6 +164,16 @@ class Predictor:
                 "this model reads precomputed proposals (it has no RPN): pass proposals=[boxes per image]",
                 "predict",
             )
+        if uses_augmentation(self.spec):
+            if keep_blobs:
+                raise DetconvertError("blobs are kept for one network pass, and test-time augmentation runs many: "
+                                      "load with --set TEST.BBOX_AUG.ENABLED False (and MASK_AUG / KPS_AUG) to keep them",
+                                      "keep_blobs")
+            return [
+                run_augmented(self.model, image, policy=self.precision_policy, device=self.device,
+                              proposals=None if proposals is None else proposals[i], on_pass=on_pass)
+                for i, image in enumerate(arrays)
+            ]
         out = run_pipeline(self.model, arrays, proposals=proposals, keep_blobs=keep_blobs, device=self.device,
                            precision=self.precision_policy)
         if keep_blobs:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from detconvert.inference import vis
+from detconvert.inference.tta import uses_augmentation
 from detconvert.inference.proposals import (
     ProposalSource,
     check_proposal_inputs,
@@ -32,6 +33,7 @@ from detconvert.inference.proposals import (
 from detconvert.inference.results import detections_to_coco, run_metadata, write_results, write_run_metadata
 from detconvert.data.classes import ClassTable, table_from_names
 from detconvert.errors import DetconvertError, PathLike
+from detconvert.spec import ArchSpec
 from detconvert.structures import Detections
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -283,6 +285,8 @@ def infer_images(
         elif proposals is not None:
             arrays = [image for _, _, image in batch]
             all_dets = predictor.predict(arrays, proposals=proposals([path for path, _, _ in batch], arrays))
+        elif augmented:  # many passes per image: the progress line counts them
+            all_dets = predictor.predict([image for _, _, image in batch], on_pass=show_pass)
         else:
             all_dets = predictor.predict([image for _, _, image in batch])
         for (path, image_id, image), dets in zip(batch, all_dets):
@@ -310,7 +314,14 @@ def infer_images(
 
     batch: List[Tuple[Path, int, np.ndarray]] = []
     image_ids = dict(zip(images, assign_image_ids(images)))
-    for path in _progress(images, len(images), progress):
+    bar = _progress(images, len(images), progress)
+    spec = getattr(predictor, "spec", None)
+    augmented = isinstance(spec, ArchSpec) and uses_augmentation(spec)
+
+    def show_pass(done: int, total: int, what: str) -> None:
+        bar.set_postfix_str(f"test-time augmentation pass {done}/{total} ({what})")
+
+    for path in bar:
         image = read_image(path)
         if image is None:
             reason = "not an image OpenCV can read; skipped"
