@@ -142,6 +142,9 @@ def test_build_spec_error_names_the_config_file(tmp_path):
     with pytest.raises(ConfigError, match="CONV_BODY") as info:
         build_spec(translated.cfg, translated.source)
     assert str(info.value).startswith(f"{path}: ")  # ...the translation does
+    from detconvert.inference.predictor import spec_from_cfg  # load_model's path (imports torch)
+
+    refused(spec_from_cfg, path, "CONV_BODY")
 
 
 def test_number_tuple_holding_a_string(tmp_path):

@@ -218,7 +218,7 @@ def spec_from_cfg(
 
     translated = translate_config(cfg_source, dataset=dataset, weights_cfg_or_blobs=weights,
                                   overrides=list(overrides), source_name=source_name)
-    return build_spec(translated.cfg)
+    return build_spec(translated.cfg, translated.source)
 
 
 #: Body fields no Detectron config key can say (a detconvert-trained narrow body): with ``--set`` overrides on a
