@@ -1,19 +1,24 @@
-"""Warm CPU seconds per image: detconvert's Mask R-CNN R-50-FPN vs torchvision's, same image, same run.
+"""Warm CPU seconds per image: detconvert's Mask R-CNN R-50-FPN, exact and fast, vs torchvision's, same run.
 
 Usage::
 
-    python bench/bench_infer.py [--weights model_final.pkl] [--repeats 5] [--threads N]
+    python bench/bench_infer.py [--weights model_final.pkl] [--repeats 5] [--batch-repeats 2] [--threads N]
+    python bench/bench_infer.py --precision exact     # one detconvert precision only (default: both)
     python bench/bench_infer.py --convert-only        # conversion time and peak RSS only
 
-* detconvert: ``load_model(<golden weights>).predict(coffee.png)`` -- everything included: reading the
-  BGR array into the blob (mean subtraction, resize, padding), backbone, RPN + proposals, heads, box
-  post-processing, mask paste and COCO RLE of the 100 masks.
+* detconvert: ``load_model(<golden weights>, precision=exact|fast).predict(coffee.png)`` -- everything
+  included: reading the BGR array into the blob (mean subtraction, resize, padding), backbone, RPN +
+  proposals, heads, box post-processing, mask paste and COCO RLE of the 100 masks. ``exact`` is the
+  default (float32, NCHW); ``fast`` is channels-last with bfloat16 autocast for convolutions and linear
+  layers where the CPU has AVX512-BF16 / AMX (else channels-last float32; the line says which).
 * torchvision: ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0,
   box_detections_per_img=100)`` forced to the same work (100 detections with masks) on the same image
   (RGB float tensor /255 prepared outside the timing, its own transform resizes to 800x1200); mask
   paste included (its ``postprocess``), no RLE.
-* Both are warmed up by one image (excluded), then the median of ``--repeats`` timed runs is reported,
-  interleaved so that load from other processes on the machine hits both alike.
+* All are warmed up by one image (excluded), then the median of ``--repeats`` timed runs is reported,
+  interleaved so that load from other processes on the machine hits them alike; then images/s with a
+  batch of 4 copies of the image in one call (median of ``--batch-repeats``), and the peak RSS of the
+  process (``ru_maxrss``: all models loaded, the largest batch run).
 
 Conversion: ``detconvert weights`` on the same file in a subprocess (wall time, peak RSS via
 ``resource.getrusage(RUSAGE_CHILDREN)``).
@@ -59,6 +64,12 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, help="Mask R-CNN R-50-FPN model_final.pkl (default: the golden)")
     parser.add_argument("--image", type=Path, help="image (default: ../shared/reference/images/coffee.png)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-repeats", type=int, default=2, help="timed batch-of-4 runs (default 2)")
+    parser.add_argument("--batch", type=int, default=4, help="images per call for the throughput line (default 4)")
+    from detconvert.commands.infer import add_precision_argument
+
+    add_precision_argument(parser, "the detconvert run")
+    parser.set_defaults(precision="both")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--convert-only", action="store_true")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
@@ -82,7 +93,10 @@ def main() -> int:
     image_path = args.image or (REFERENCE / "images" / "coffee.png")
     image = cv2.imread(str(image_path))
 
-    ours = detconvert.load_model(weights, device="cpu")
+    from detconvert.inference.precision import parse_precision
+
+    precisions = ["exact", "fast"] if args.precision == "both" else [parse_precision(args.precision).value]
+    ours = {p: detconvert.load_model(weights, device="cpu", precision=p) for p in precisions}
 
     torch.manual_seed(0)
     tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
@@ -90,33 +104,50 @@ def main() -> int:
     ).eval()
     tv_input = [torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255.0]
 
-    def run_ours() -> int:
-        dets = ours.predict([image])[0]
-        return len(dets)
+    def ours_runner(predictor, n):
+        return lambda: len(predictor.predict([image] * n)[0])
 
-    def run_tv() -> int:
-        with torch.inference_mode():
-            return int(tv(tv_input)[0]["masks"].shape[0])
+    def tv_runner(n):
+        def run() -> int:
+            with torch.inference_mode():
+                return int(tv(tv_input * n)[0]["masks"].shape[0])
+        return run
 
-    n_ours, n_tv = run_ours(), run_tv()  # warm-up (excluded)
-    t_ours, t_tv = [], []
+    contenders = {f"detconvert {p}": ours_runner(m, 1) for p, m in ours.items()}
+    contenders["torchvision"] = tv_runner(1)
+    counts = {name: run() for name, run in contenders.items()}  # warm-up (excluded)
+    times = {name: [] for name in contenders}
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        run_ours()
-        t_ours.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        run_tv()
-        t_tv.append(time.perf_counter() - start)
-    m_ours, m_tv = statistics.median(t_ours), statistics.median(t_tv)
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    batched = {f"detconvert {p}": ours_runner(m, args.batch) for p, m in ours.items()}
+    batched["torchvision"] = tv_runner(args.batch)
+    batch_times = {name: [] for name in batched}
+    for _ in range(args.batch_repeats):
+        for name, run in batched.items():
+            start = time.perf_counter()
+            run()
+            batch_times[name].append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    median = {name: statistics.median(t) for name, t in times.items()}
+    from detconvert.inference.precision import cpu_bf16_support
+
     print(f"image {image_path.name} {image.shape[1]}x{image.shape[0]}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} warm runs")
-    print(f"detconvert  Mask R-CNN R-50-FPN: {m_ours:.2f} s/image ({n_ours} detections with masks + RLE) "
-          f"runs {', '.join(f'{t:.2f}' for t in t_ours)}")
-    print(f"torchvision maskrcnn_resnet50_fpn: {m_tv:.2f} s/image ({n_tv} detections with masks) "
-          f"runs {', '.join(f'{t:.2f}' for t in t_tv)}")
-    print(f"ratio detconvert / torchvision: {m_ours / m_tv:.2f}")
-    if args.floor:
-        report_floor(run_ours, m_ours, m_tv)
+          f"{torch.get_num_threads()} threads, CPU bf16: {cpu_bf16_support() or 'none'}; median of {args.repeats} "
+          f"warm runs, batch {args.batch}: median of {args.batch_repeats}")
+    for name in contenders:
+        what = "detections with masks + RLE" if name.startswith("detconvert") else "detections with masks"
+        policy = f" [{ours[name.split()[1]].precision_policy}]" if name.startswith("detconvert") else ""
+        per_image = statistics.median(batch_times[name]) / args.batch
+        print(f"{name:<18} {median[name]:.2f} s/image, ratio {median[name] / median['torchvision']:.2f} vs "
+              f"torchvision; batch {args.batch}: {per_image:.2f} s/image = {1 / per_image:.3f} images/s ({counts[name]} {what})"
+              f"{policy} "
+              f"runs {', '.join(f'{t:.2f}' for t in times[name])}")
+    print(f"peak RSS of the process (all {len(contenders)} models loaded, batch {args.batch} run): {peak_mb:.0f} MB")
+    if args.floor and "exact" in ours:
+        report_floor(contenders["detconvert exact"], median["detconvert exact"], median["torchvision"])
     return 0
 
 
