@@ -57,6 +57,7 @@ def test_checkpoint_metadata(mask_fpn_checkpoint):
     assert names[0] == "__background__" and names[1] == "person" and len(names) == 81
     assert json.loads(meta["conventions"])["pixel_means"] == [102.9801, 115.9465, 122.7717]
     assert "MODEL" in meta["cfg"]  # the embedded cfg text it was built from
+    assert json.loads(meta["precision"]) == {"precision": "exact", "compute_dtype": "float32"}  # blobs copied as is
     data = json.loads(report.read_text())
     assert data["counts"]["model_tensors"] == data["counts"]["blobs_read"] == 201  # e2e_mask_rcnn_R-50-FPN: 201 params
     assert data["counts"]["unexpected"] == 0
