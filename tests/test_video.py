@@ -149,7 +149,8 @@ def test_truncated_videos(clip, tmp_path, capsys):
     lines = _read_lines(outs / "b.jsonl")
     assert 0 < len(lines) < NUM_FRAMES and [line["frame"] for line in lines] == list(range(len(lines)))
     assert _read_frames(outs / "b.mp4") == len(lines)
-    assert sorted(p.name for p in outs.iterdir()) == ["b.jsonl", "b.mp4"]
+    assert sorted(p.name for p in outs.iterdir()) == ["b.jsonl", "b.mp4", "b.run.json"]  # + run metadata
+    assert json.loads((outs / "b.run.json").read_text())["precision"] == "exact"
 
     with pytest.raises(DetconvertError, match="no such file"):
         detect_video(None, tmp_path / "missing.mp4")

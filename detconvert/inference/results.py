@@ -105,13 +105,14 @@ def write_results(results: Sequence[Dict[str, Any]], path: PathLike) -> Path:
 
 
 def run_metadata_path(results_path: PathLike) -> Path:
-    """Where the run metadata of a results json goes: ``detections_coco.json`` -> ``detections_coco.run.json``.
+    """Where the run metadata of a results file goes: ``detections_coco.json`` -> ``detections_coco.run.json``
+    (``frames.jsonl`` -> ``frames.run.json``).
 
     The results file itself stays the plain list of records pycocotools' ``loadRes`` reads, so how it was
     produced (precision, dtype, layout, device, weights) is written beside it.
     """
     path = Path(results_path)
-    return path.with_name(f"{path.stem}.run.json" if path.suffix == ".json" else f"{path.name}.run.json")
+    return path.with_name(f"{path.stem}.run.json" if path.suffix in (".json", ".jsonl") else f"{path.name}.run.json")
 
 
 def run_metadata(predictor: Any, **extra: Any) -> Dict[str, Any]:

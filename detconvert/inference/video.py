@@ -51,7 +51,7 @@ import numpy as np
 from detconvert.data.classes import ClassTable, table_from_names
 from detconvert.errors import DetconvertError, PathLike
 from detconvert.inference import vis
-from detconvert.inference.results import detections_to_coco
+from detconvert.inference.results import detections_to_coco, run_metadata, write_run_metadata
 from detconvert.inference.runner import filter_classes, resolve_class_filter
 from detconvert.structures import Detections
 
@@ -530,6 +530,8 @@ class VideoSummary:
     output_video: Optional[Path] = None
     video_frames: int = 0
     json_lines: Optional[Path] = None
+    #: ``<json lines stem>.run.json`` beside them: precision, dtype, layout, device, weights, counts.
+    run_metadata_path: Optional[Path] = None
     interrupted: bool = False
     warnings: List[str] = field(default_factory=list)
 
@@ -662,16 +664,18 @@ def infer_video(
         # Keep what was handled so far valid (a decode error mid-way, a second Ctrl-C); nothing handled: no files.
         if bar is not None:
             bar.close()
-        _finish_outputs(summary, video, lines)
+        _finish_outputs(summary, video, lines, predictor)
         raise
     bar.close()
-    _finish_outputs(summary, video, lines)
+    _finish_outputs(summary, video, lines, predictor)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _finish_outputs(summary: VideoSummary, video: Optional[VideoFileWriter], lines: Optional[JsonLinesWriter]) -> None:
-    """Rename what holds at least one frame into place; remove empty temp files."""
+def _finish_outputs(summary: VideoSummary, video: Optional[VideoFileWriter], lines: Optional[JsonLinesWriter],
+                    predictor: Any = None) -> None:
+    """Rename what holds at least one frame into place; remove empty temp files; the JSON lines get their run
+    metadata (precision, device, weights) beside them."""
     if video is not None and video.tmp.exists():
         if video.frames:
             summary.output_video = video.finish()
@@ -681,5 +685,8 @@ def _finish_outputs(summary: VideoSummary, video: Optional[VideoFileWriter], lin
     if lines is not None and lines.tmp.exists():
         if lines.lines:
             summary.json_lines = lines.finish()
+            summary.run_metadata_path = write_run_metadata(summary.json_lines, run_metadata(
+                predictor, results=summary.json_lines.name, frames=summary.frames_processed,
+                detections=summary.num_detections))
         else:
             lines.abort()
