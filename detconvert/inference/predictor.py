@@ -86,7 +86,9 @@ class Predictor:
         device: where it runs.
         load_report: what loading the weights did (None for converted checkpoints loaded by name).
         source: the weight file.
-        precision: ``Precision.EXACT`` (``== "exact"``, the default) or ``Precision.FAST``; chosen once here.
+        precision: ``Precision.EXACT`` (``== "exact"``, the default) or ``Precision.FAST``; chosen once here,
+            and the model is put in its memory format in place (channels-last in fast, NCHW in exact): give
+            two predictors of different precisions two models.
         precision_policy: what that precision runs as on :attr:`device` (dtype, layout, backend);
             ``precision_policy.describe()`` is the run metadata written beside results.
     """
