@@ -66,10 +66,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-repeats", type=int, default=2, help="timed batch-of-4 runs (default 2)")
     parser.add_argument("--batch", type=int, default=4, help="images per call for the throughput line (default 4)")
-    from detconvert.commands.infer import add_precision_argument
-
-    add_precision_argument(parser, "the detconvert run")
-    parser.set_defaults(precision="both")
+    parser.add_argument("--precision", default="both", metavar="exact|fast",
+                        help="time only this detconvert precision (default: both, exact and fast)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--convert-only", action="store_true")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
