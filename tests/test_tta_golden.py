@@ -219,8 +219,7 @@ def test_batched_and_sharded_inference_augment_each_image(coffee):
         np.testing.assert_array_equal(shard.classes, single.classes)
         np.testing.assert_allclose(shard.boxes, single.boxes, atol=1e-3, rtol=0)
         np.testing.assert_allclose(shard.scores, single.scores, atol=1e-5, rtol=0)
-        for a, b in zip(shard.masks, single.masks):
+        for a, b in zip(shard.masks, single.masks):  # a border pixel may flip at the 0.5 threshold
             a, b = decode_rle(a), decode_rle(b)
-            union = np.logical_or(a, b).sum()
-            assert union == 0 or np.logical_and(a, b).sum() / union >= 0.999
+            assert np.logical_xor(a, b).sum() <= 2 + 0.001 * np.logical_or(a, b).sum()
         assert len(single) and single.scores.tolist() != unaugmented.scores.tolist()  # augmentation did something
