@@ -36,7 +36,7 @@ class Tolerances:
 
 
 # Bounds: the exact-mode figures for scores, boxes and masks; the others set from the errors measured on
-# the six shared goldens (NCHW float32, Intel Xeon with AVX-512 + AMX, natively and with AVX2 forced), each with a
+# the six shared goldens (NCHW float32, AMD EPYC with AVX-512 (no AMX), natively and with AVX2 forced), each with a
 # margin of 2x or more. Measured maxima (AVX-512 | AVX2 forced): dense 2.9e-6 | 1.4e-5 (GN RPN probs), scores
 # 4.6e-6 | 2.2e-5, boxes 1.5e-4 | 2.9e-4 px, masks IoU 1.0 | 1.0, heads on the golden RoIs 3.2e-6 | 1.8e-5 (GN
 # mask head with AVX2), head outputs on the pipeline's own RoIs

@@ -16,11 +16,11 @@ A float32 training trajectory is not the same on every CPU (each kernel family s
 until what it is about holds, within a bounded budget (350 iterations, then up to two rounds of 100 more at
 the schedule's last LR, resumed from the checkpoint): every training shape found (AP50 1.0 for boxes and
 masks) and COCO AP@[.5:.95] >= 0.85 for both. Measured AP@[.5:.95] (box / mask) at 350 iterations: 0.969 /
-0.923 on an AMD CPU; on an Intel Xeon (AVX-512, AMX) 0.956 / 0.941 natively and 0.925 / 0.923 with AVX2
-kernels forced (``ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2``; an earlier tree gave box 0.877 there,
-issue 12); continuing that AVX2 run, 0.925 / 0.898 at 450 and 0.925 / 0.933 at 550 (a round at the last LR
-moves mask AP by +-0.03, box AP not at all). AP50 and AP75 were 1.0 in every run; total loss 2.67 -> 0.097
-(x27) with AVX2.
+0.923 when this test was written (an AMD CPU); box 0.877 with AVX2 kernels forced on an Intel CPU with
+AVX-512 + AMX (issue 12); on an AMD EPYC with AVX-512, 0.956 / 0.941 natively and 0.925 / 0.923 with AVX2
+kernels forced (``ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2``), then 0.925 / 0.898 at 450 and
+0.925 / 0.933 at 550 (a round at the last LR moves mask AP by +-0.03, box AP not at all). AP50 and AP75
+were 1.0 in every run; total loss 2.67 -> 0.097 (x27) with AVX2.
 """
 from __future__ import annotations
 
