@@ -96,6 +96,35 @@ def test_exact_is_the_default_and_bit_identical_to_plain_nchw_float32(shapes_ima
         np.testing.assert_array_equal(value.numpy(), b.extras[name], err_msg=name)
 
 
+def test_exact_runs_conv_then_affine_channel_as_detectron_and_fast_folds_them():
+    """Folding the frozen AffineChannel into the conv weights is a fused op (the scale multiplies the weights,
+    not the sums): fast only. Exact must equal Detectron's Conv -> AffineChannel order bit for bit."""
+    from detconvert.modeling.layers import AffineChannel2d, ConvNorm
+    from detconvert.spec import NormSpec
+
+    torch.manual_seed(0)
+    block = ConvNorm(8, 16, 3, name="res_x", norm=NormSpec(), padding=1, relu=False).eval()
+    assert isinstance(block.norm, AffineChannel2d)
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.normal_()
+    x = torch.randn(2, 8, 23, 29)
+    with torch.inference_mode():
+        reference = block.norm(block.conv(x))  # the two ops, one after the other
+        for mode, folds in (("exact", False), ("fast", True)):
+            policy = resolve_precision(mode, torch.device("cpu"))
+            policy.prepare_model(block)
+            assert block.fold_affine is folds
+            out = block(x.contiguous(memory_format=torch.channels_last) if policy.channels_last else x)
+            if folds:
+                torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+            else:
+                assert torch.equal(out, reference)
+        block.fold_affine = True
+        folded = block(x)
+    assert not torch.equal(folded, reference)  # the fold really changes the rounding: why exact does not fold
+
+
 @pytest.mark.skipif(not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"),
                     reason="PyTorch < 2.9 has only the legacy TF32 switches")
 def test_exact_on_cuda_holds_tf32_off_and_restores_the_callers_settings():

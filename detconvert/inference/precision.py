@@ -10,7 +10,8 @@
     matmuls and, in recent PyTorch, oneDNN's CPU convolutions / matmuls (``torch.backends.mkldnn.*.
     fp32_precision``, which can ask for bf16 / TF32) are held at IEEE float32 the same way.
 ``fast``
-    Convolutions and linear layers under autocast, the model and input blob channels-last:
+    Convolutions and linear layers under autocast, each frozen AffineChannel folded into its
+    convolution (exact keeps Detectron's Conv -> AffineChannel order), the model and input blob channels-last:
     bfloat16 on a CPU with AVX512-BF16 or AMX (checked at run time), bfloat16 on a GPU that has it
     (else float16). Every network module's output is cast back to float32 at its boundary, so
     RoIAlign, box decoding, NMS, score thresholds, mask paste, keypoint decoding and the training
@@ -171,9 +172,17 @@ class PrecisionPolicy:
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model in this policy's memory format, in place (channels-last in fast, NCHW in exact, also
-        for a model that a fast training left channels-last); the weights stay float32 either way."""
+        for a model that a fast training left channels-last); the weights stay float32 either way. Fast also
+        folds each frozen AffineChannel into its convolution at inference; exact keeps Detectron's
+        Conv -> AffineChannel order."""
         import torch
 
+        from detconvert.modeling.layers import ConvNorm
+
+        fold = self.precision is Precision.FAST  # a fused op changes the rounding: fast only
+        for module in model.modules():
+            if isinstance(module, ConvNorm):
+                module.fold_affine = fold
         return model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
