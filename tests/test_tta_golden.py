@@ -3,9 +3,9 @@
 * ``outputs/test_time_aug__e2e_mask_rcnn_R-50-FPN_2x`` (reference README, "Test-time augmentation golden"):
   ``configs/test_time_aug/e2e_mask_rcnn_R-50-FPN_2x.yaml`` (``BBOX_AUG`` flip + 8 scales and their flips,
   ``UNION``, ``MASK_AUG`` ``SOFT_AVG``, ``BBOX_VOTE`` 0.9) with the ``12_2017_baselines__e2e_mask_rcnn_R-50-FPN_1x``
-  weights, through ``load_model().predict`` and through ``tools/infer_simple.py``: one augmented run each
-  (35 network passes at up to 1200 x 1800 px; each is cached per module), compared by the README's
-  detection rules (``assert_detections_match``).
+  weights, through ``tools/infer_simple.py`` with ``load_model().predict`` spied on: one augmented run (35
+  network passes at up to 1200 x 1800 px, minutes on 2 cores) checks both what ``predict`` returned and
+  what the script wrote, by the README's detection rules (``assert_detections_match``).
 * Keypoints: the e2e keypoint R-50-FPN golden weights with ``TEST.KPS_AUG`` of
   ``configs/test_time_aug/keypoint_rcnn_R-50-FPN_1x.yaml`` (flip, 8 scales and flips, ``HM_AVG``,
   ``SCALE_SIZE_DEP`` at 150^2). There is no Detectron golden for it; it runs, is deterministic and differs
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import cv2
@@ -59,16 +58,48 @@ def tta_predictor():
 
 
 @pytest.fixture(scope="module")
-def tta_run(tta_predictor, coffee):
-    """``(Detections, [(done, total, what) per pass])`` of the augmented golden run (computed once)."""
-    passes = []
-    dets = tta_predictor.predict([coffee], on_pass=lambda *p: passes.append(p))[0]
-    return dets, passes
+def tta_run(tmp_path_factory, coffee):
+    """One augmented golden run (35 network passes, minutes on 2 cores), shared by the predict and the CLI checks:
+    ``tools/infer_simple.py`` run as a script in this process, with ``Predictor.predict`` spied on.
+
+    Returns ``(Detections that load_model().predict returned, [(done, total, what) per pass], exit code,
+    COCO records that infer_simple wrote)``.
+    """
+    import runpy
+
+    from detconvert.inference.predictor import Predictor
+
+    out = tmp_path_factory.mktemp("tta_infer_simple")
+    cv2.imwrite(str(out / "coffee.png"), coffee)
+    returned, passes = [], []
+    real_predict = Predictor.predict
+
+    def spied_predict(self, images, *args, on_pass=None, **kwargs):
+        def record(*progress):
+            passes.append(progress)
+            if on_pass is not None:
+                on_pass(*progress)
+
+        dets = real_predict(self, images, *args, on_pass=record, **kwargs)
+        returned.extend(dets)
+        return dets
+
+    argv = [str(REPO / "tools" / "infer_simple.py"), "--load_detectron", str(weights_path(MASK_FPN)),
+            "--cfg", str(_tta_yaml("e2e_mask_rcnn_R-50-FPN_2x.yaml")), "--device", "cpu",
+            "--output_dir", str(out / "out"), str(out / "coffee.png")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Predictor, "predict", spied_predict)
+        patch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exited:
+            runpy.run_path(argv[0], run_name="__main__")
+    assert len(returned) == 1, "infer_simple ran predict on one image"
+    records = json.loads((out / "out" / "detections_coco.json").read_text())
+    return returned[0], passes, exited.value.code, records
 
 
 @pytest.mark.golden_parity  # .ci/run repeats it with AVX2 kernels
 def test_load_model_predict_reproduces_detectrons_augmented_result(tta_run, tta_golden):
-    dets, passes = tta_run
+    dets, passes, _, _ = tta_run
     assert_detections_match(dets, tta_golden, TTA)
     counts = {int(c): int(n) for c, n in zip(*np.unique(dets.classes, return_counts=True))}
     assert counts == {30: 66, 35: 8, 54: 26}  # the README's numbers (54 / 14 / 32 without augmentation)
@@ -103,16 +134,10 @@ def _coco_records_to_detections(records, image_size) -> Detections:
     )
 
 
-def test_infer_simple_reproduces_the_golden(tta_golden, tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "infer_simple.py"), "--load_detectron", str(weights_path(MASK_FPN)),
-         "--cfg", str(_tta_yaml("e2e_mask_rcnn_R-50-FPN_2x.yaml")), "--device", "cpu", "--output_dir", str(out),
-         str(REFERENCE / "images" / "coffee.png")],
-        capture_output=True, text=True, cwd=REPO, timeout=3000,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    records = json.loads((out / "detections_coco.json").read_text())
+@pytest.mark.golden_parity
+def test_infer_simple_reproduces_the_golden(tta_run, tta_golden):
+    _, _, exit_code, records = tta_run
+    assert exit_code in (0, None)
     assert_detections_match(_coco_records_to_detections(records, (400, 600)), tta_golden, "infer_simple")
 
 
