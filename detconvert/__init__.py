@@ -9,8 +9,9 @@ The house, stages in data order; a folder imports only from the folders above it
     zoo/         fetch  the model-zoo catalogue and verified downloads
     ops/ modeling/  compute  Detectron's numerics (boxes, NMS, RoIAlign) and the nn.Modules + blob mapping tables
     data/ parallel/  feed  class tables, batching, samplers; DataParallel / torch.distributed plumbing
-    inference/   run    load_model / Predictor, Detectron's test path, proposals, results json, folder runner, pictures
-    evaluation/  score  COCO evaluation of results files and datasets
+    inference/   run    load_model / Predictor, Detectron's test path (+ test-time augmentation), precision policy,
+                        proposals, results json, folder and video runners, pictures
+    evaluation/  score  COCO and PASCAL VOC evaluation of results files and datasets
     export/      write  safetensors / pth checkpoints, detectron2, torchvision, ONNX;   train/  fine-tune
     doctor/      check  package versions, CPU features, CUDA, cache folder, model host: what to fix
     cli, commands/, demo   the thin command line over one library call each
