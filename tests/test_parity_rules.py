@@ -110,3 +110,59 @@ def test_avx2_bounds_are_the_looser_ones():
     for name in ("dense_rel", "head_rel", "own_roi_head_rel", "score", "box_px", "roi_rel", "roi_px"):
         assert getattr(strict, name) <= getattr(loose, name), name
     assert strict.mask_iou >= loose.mask_iou
+
+
+# ----------------------------------------------------------------------- masks: paste-grid truncation ties
+
+
+def _one_detection(box, mask):
+    from pycocotools import mask as mask_util
+
+    from detconvert.structures import Detections
+
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return Detections(boxes=np.array([box], np.float32), scores=np.array([0.37], np.float32),
+                      classes=np.array([54], np.int64), image_size=mask.shape, masks=[rle])
+
+
+def _golden_of(box, mask):
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    cls_boxes = [[] for _ in range(81)]
+    cls_segms = [[] for _ in range(81)]
+    cls_boxes[54] = [list(map(float, box)) + [0.37]]
+    cls_segms[54] = [{"size": rle["size"], "counts": rle["counts"].decode()}]
+    return {"cls_boxes": cls_boxes, "cls_segms": cls_segms}
+
+
+def _row_mask(row: int, x0: int = 41, x1: int = 130) -> np.ndarray:
+    mask = np.zeros((400, 600), bool)
+    mask[row, x0:x1] = True
+    return mask
+
+
+def test_a_mask_moved_by_a_truncation_tie_of_the_paste_grid_passes():
+    """The TTA golden's degenerate box clipped at y = 399.0: a box 3e-5 px lower truncates to row 398, the
+    one-row mask moves by a pixel (IoU 0) although the box is within the bound."""
+    from tests.test_pipeline_golden import assert_detections_match
+
+    gold_box = [44.34, 399.0, 143.72, 399.0]
+    ours_box = [44.34, 398.99997, 143.72, 398.99997]
+    golden = _golden_of(gold_box, _row_mask(399))
+    assert_detections_match(_one_detection(ours_box, _row_mask(398)), golden, "tie",
+                            tol=_parity.TOLERANCES["avx512"])
+
+
+def test_a_moved_mask_without_a_tie_fails():
+    from tests.test_pipeline_golden import assert_detections_match
+
+    box = [44.34, 398.0, 143.72, 399.0]
+    golden = _golden_of(box, _row_mask(399))
+    with pytest.raises(AssertionError, match="IoU"):  # same box, same grid: a moved mask is a real difference
+        assert_detections_match(_one_detection(box, _row_mask(398)), golden, "no tie",
+                                tol=_parity.TOLERANCES["avx512"])
+    with pytest.raises(AssertionError, match="IoU"):  # a tie that explains one row cannot explain two
+        assert_detections_match(_one_detection([44.34, 398.99997, 143.72, 398.99997], _row_mask(397)),
+                                _golden_of([44.34, 399.0, 143.72, 399.0], _row_mask(399)), "two rows",
+                                tol=_parity.TOLERANCES["avx512"])
