@@ -29,6 +29,7 @@ import os
 import pickle
 import queue as queue_module
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -188,6 +189,15 @@ def _spawned_worker(
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Done, and rank 0's results are flushed to the parent: leave without interpreter finalisation. Tearing
+    # torch's, gloo's and our RoIAlign thread pools down at exit races now and then (SIGABRT, "terminate called
+    # without an active exception", seen in CI on workers that had already finished), which failed runs whose
+    # results were complete. Failures never get here: they propagate to torch.multiprocessing's error file.
+    result_queue.close()
+    result_queue.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _require_picklable(obj: Any, what: str) -> None:
