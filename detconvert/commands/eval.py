@@ -76,9 +76,6 @@ def _run_voc(args: argparse.Namespace) -> int:
                                       classes_map=args.classes_map, class_table=table)
     else:
         predict_paths = sharded_predict_paths(args)
-        if predict_paths is not None and (args.proposals or args.rpn_weights):
-            raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",
-                                  "--proposals" if args.proposals else "--rpn-weights")
         if predict_paths is not None:
             from detconvert.parallel.distributed import is_main_process, torchrun_environment
 
@@ -122,9 +119,6 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_results_file(args.results, args.annotations, iou_types=args.iou_types)
     else:
         predict_paths = sharded_predict_paths(args)
-        if predict_paths is not None and (args.proposals or args.rpn_weights):
-            raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",
-                                  "--proposals" if args.proposals else "--rpn-weights")
         if predict_paths is not None:
             from detconvert.parallel.distributed import is_main_process, torchrun_environment
 

@@ -206,7 +206,11 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sharded_predict_paths(args: argparse.Namespace):
-    """A ``predict_paths`` function for the library when more than one process is asked for, else None."""
+    """A ``predict_paths`` function for the library when more than one process is asked for, else None.
+
+    Raises:
+        DetconvertError: a bad ``--num-processes``, or proposals asked for together with several processes.
+    """
     if args.num_processes < 1:
         raise DetconvertError(f"must be >= 1, got {args.num_processes}", "--num-processes")
     from detconvert.parallel.distributed import torchrun_environment
@@ -215,6 +219,9 @@ def sharded_predict_paths(args: argparse.Namespace):
     checked_precision(args)
     if not (args.num_gpus or args.num_processes > 1 or torchrun_environment()):
         return None
+    if args.proposals or args.rpn_weights:
+        raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",
+                              "--proposals" if args.proposals else "--rpn-weights")
     loader = ModelLoader(str(args.weights), args.cfg, _load_dataset(args), tuple(override_pairs(args.set_cfgs)),
                          precision=str(args.precision))
     return lambda paths: predict_paths(loader, paths, num_gpus=args.num_gpus, num_processes=args.num_processes)
@@ -280,9 +287,6 @@ def run(args: argparse.Namespace) -> int:
 
     images = collect_images(inputs, args.image_ext)  # missing paths and empty folders fail before the weights load
     predict_paths = sharded_predict_paths(args)
-    if predict_paths is not None and (args.proposals or args.rpn_weights):
-        raise DetconvertError("precomputed proposals run in one process; drop --num-processes / --num-gpus",
-                              "--proposals" if args.proposals else "--rpn-weights")
     if predict_paths is not None:
         from detconvert.parallel.distributed import is_main_process, torchrun_environment
 
