@@ -30,7 +30,7 @@ def _log(crash_at=None):
              f"{T0 + 5000} #9000\tNEW    cov: 112 ft: 455 corp: 5/1Kb lim: 4 exec/s: 2 rss: 60Mb L: 3/3 MS: 1 ChangeBit-",
              f"{T0 + 6590} #12000\tDONE   cov: 112 ft: 455 corp: 5/1Kb lim: 4 exec/s: 2 rss: 60Mb",
              f"{T0 + 6590} stat::number_of_executed_units: 12001",
-             f"END {T0 + 6600} rc=0"]
+             f"END {T0 + 6600} rc=0 cpu=3000"]
     if crash_at is not None:
         lines.insert(-1, f"{T0 + crash_at} ==9== ERROR: libFuzzer: deadly signal")
         lines.insert(-1, f"{T0 + crash_at} artifact_prefix='/w/crash-x-'; Test unit written to /w/crash-x-abc")
@@ -39,7 +39,7 @@ def _log(crash_at=None):
 
 def test_last_hour_is_read_from_the_log():
     summary = campaign.summarise_log("weights", _log(), window_s=3600)
-    assert summary.seconds == 6600 and summary.executions == 12001
+    assert summary.seconds == 6600 and summary.executions == 12001 and summary.cpu_seconds == 3000
     assert (summary.cov_start, summary.cov_end, summary.ft_start, summary.ft_end) == (100, 112, 400, 455)
     assert summary.last_growth_s == 5000
     assert summary.window_s == 3600

@@ -57,6 +57,7 @@ class Sample:
 class TargetSummary:
     target: str
     seconds: float
+    cpu_seconds: Optional[float]  # the target's own CPU time (None: not in the log)
     executions: int
     cov_start: int
     cov_end: int
@@ -76,11 +77,11 @@ class TargetSummary:
 
 
 def parse_log(lines: Iterable[str]):
-    """(start time, end time, samples, crashes as (time, path)) of a log written by :func:`run`.
+    """(start, end, samples, crashes as (time, path), CPU seconds or None) of a log written by :func:`run`.
 
     Every line is ``<epoch seconds> <libFuzzer's line>``; ``START <epoch>`` / ``END <epoch>`` bracket it.
     """
-    start = end = None
+    start = end = cpu_s = None
     samples: List[Sample] = []
     crashes = []
     for raw in lines:
@@ -90,6 +91,8 @@ def parse_log(lines: Iterable[str]):
             continue
         if head == "END":
             end = float(rest.split()[0])
+            cpu = re.search(r"cpu=(\d+)", rest)
+            cpu_s = float(cpu[1]) if cpu else None
             continue
         try:
             stamp = float(head)
@@ -107,13 +110,14 @@ def parse_log(lines: Iterable[str]):
     if samples:
         start = samples[0].time if start is None else start
         end = samples[-1].time if end is None else max(end, samples[-1].time)
-    return start, end, samples, crashes
+    return start, end, samples, crashes, cpu_s
 
 
 def summarise_log(target: str, lines: Iterable[str], window_s: float = 3600.0) -> TargetSummary:
-    start, end, samples, crashes = parse_log(lines)
+    start, end, samples, crashes, cpu_s = parse_log(lines)
     if not samples:
-        raise ValueError(f"{target}: no libFuzzer status line in the log (did the target start?)")
+        raise ValueError(f"{target}: no libFuzzer status line in the log (not a campaign log, or the target "
+                         "never started)")
     first = next((s for s in samples if s.kind == "INITED"), samples[0])
     last = samples[-1]
     after_init = samples[samples.index(first):]  # loading the corpus raises coverage too: that is not growth
@@ -130,7 +134,7 @@ def summarise_log(target: str, lines: Iterable[str], window_s: float = 3600.0) -
         fraction = (window_start - base.time) / (after.time - base.time)
         executions_at_start = round(base.executions + fraction * (after.executions - base.executions))
     return TargetSummary(
-        target=target, seconds=end - start, executions=last.executions,
+        target=target, seconds=end - start, cpu_seconds=cpu_s, executions=last.executions,
         cov_start=first.cov, cov_end=max(s.cov for s in samples), ft_start=first.ft,
         ft_end=max(s.ft for s in samples), crashes=[path for _, path in crashes],
         last_growth_s=(growth[-1] - start) if growth else None,
@@ -140,11 +144,12 @@ def summarise_log(target: str, lines: Iterable[str], window_s: float = 3600.0) -
 
 
 def format_table(summaries: Sequence[TargetSummary]) -> str:
-    rows = [("target", "minutes", "executions", "cov (edges)", "ft (features)", "last growth", "crashes",
+    rows = [("target", "minutes", "CPU min", "executions", "cov (edges)", "ft (features)", "last growth", "crashes",
              "last-window: min", "executions", "+cov", "+ft", "crashes")]
     for s in summaries:
         growth = "-" if s.last_growth_s is None else f"{s.last_growth_s / 60:.1f} min"
-        rows.append((s.target, f"{s.seconds / 60:.1f}", f"{s.executions:,}", f"{s.cov_start} -> {s.cov_end}",
+        cpu = "-" if s.cpu_seconds is None else f"{s.cpu_seconds / 60:.1f}"
+        rows.append((s.target, f"{s.seconds / 60:.1f}", cpu, f"{s.executions:,}", f"{s.cov_start} -> {s.cov_end}",
                      f"{s.ft_start} -> {s.ft_end}", growth, str(len(s.crashes)), f"{s.window_s / 60:.1f}",
                      f"{s.window_executions:,}", str(s.window_cov_gain), str(s.window_ft_gain),
                      str(len(s.window_crashes))))
@@ -186,18 +191,27 @@ def run(targets: Sequence[str], minutes: float, work: Path, nice: int, window_s:
         pumps.append(pump)
         logs.append((target, log))
         print(f"{target}: pid {process.pid}, log {log}", flush=True)
+    # libFuzzer stops itself at -max_total_time; the margin covers loading a large corpus
+    deadline = threading.Timer(seconds + 600, lambda: [p.terminate() for p in processes])
+    deadline.start()
+    cpu_seconds = {}
     try:
         for process in processes:
-            # libFuzzer stops itself at -max_total_time; the margin covers loading a large corpus
-            process.wait(timeout=seconds + 600)
-    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            # wait4, not wait: each target's own CPU time says how much fuzzing a niced run really got
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            cpu_seconds[process.pid] = usage.ru_utime + usage.ru_stime
+    except KeyboardInterrupt:
         for process in processes:
             process.terminate()
+    deadline.cancel()
     for pump in pumps:
         pump.join(timeout=30)
     for (target, log), process in zip(logs, processes):
         with open(log, "a") as out:
-            out.write(f"END {time.time():.0f} rc={process.returncode}\n")
+            cpu = cpu_seconds.get(process.pid)
+            out.write(f"END {time.time():.0f} rc={process.returncode}"
+                      f"{'' if cpu is None else f' cpu={cpu:.0f}'}\n")
     return [summarise_log(target, log.read_text().splitlines(), window_s) for target, log in logs]
 
 
@@ -224,8 +238,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         summaries = run(args.targets, args.minutes, args.work, args.nice, window_s)
         print(format_table(summaries))
     else:
-        summaries = [summarise_log(_target_of(log), log.read_text(errors="replace").splitlines(), window_s)
-                     for log in args.logs]
+        try:
+            summaries = [summarise_log(_target_of(log), log.read_text(errors="replace").splitlines(), window_s)
+                         for log in args.logs]
+        except (OSError, ValueError) as exc:
+            print(f"campaign.py: {exc}", file=sys.stderr)
+            return 2
         print(json.dumps([asdict(s) for s in summaries], indent=1) if args.json else format_table(summaries))
     return 0 if all(not s.crashes for s in summaries) else 1
 
