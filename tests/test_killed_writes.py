@@ -3,8 +3,8 @@ points, then check that no output path holds a partial file and that a rerun suc
 
 Outputs are written through a temp file beside the target and renamed into place (``io/atomic.py``; the
 zoo download through its own ``.part`` file, which a rerun resumes with an HTTP Range request). A kill
-can leave such a hidden ``.part`` file behind (a killed process cleans nothing up), never a partial file
-under an output name. Each kill is timed from the moment the command's temp file appears (the write
+leaves such a hidden ``.part`` file behind (a killed process cleans nothing up), never a partial file
+under an output name; the rerun's first write into the folder removes it (its pid is dead). Each kill is timed from the moment the command's temp file appears (the write
 under way) plus a seeded random delay, or (``uniform``) at a seeded random time of a whole run; after
 every kill, every output present must read completely and match the rerun's.
 
@@ -172,6 +172,8 @@ def kill_and_rerun(job: Job, rng: random.Random, modes: List[str], whole_run: fl
     assert rerun.returncode == 0, f"{job.name}: the rerun failed:\n{rerun.stderr[-3000:]}"
     final = check_outputs(job)
     assert final, f"{job.name}: the rerun wrote nothing"
+    # the rerun's first write swept the temp files of the killed runs (the zoo resumed its own .part)
+    assert not [t for t in job.temps() if ".part" in t], f"{job.name}: temp files survive the rerun: {job.temps()}"
     for values in survivors:  # what a kill left under an output name is what a full run writes there
         for name, value in values.items():
             if name in final and job.name != "train":  # train's checkpoints differ by step, not by kill

@@ -139,8 +139,9 @@ def export_onnx(
     import logging
     import warnings as _warnings
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
+    from detconvert.io.atomic import discard, publish, temp_beside
+
+    tmp = temp_beside(out)  # a name of its own: two exports to one path never share a temp file
     try:
         with torch.no_grad(), _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
@@ -164,12 +165,14 @@ def export_onnx(
                              f"over {len(diffs)} outputs")
         if out.exists() and not force:
             raise DetconvertError("exists; pass --force to overwrite", out)
-        tmp.replace(out)
+        publish(tmp, out)
     except DetconvertError:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
-    except Exception as exc:  # the exporter's own errors: one line, nothing left behind
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:  # the exporter's own errors: one line, nothing left behind (Ctrl-C too)
+        discard(tmp)
+        if not isinstance(exc, Exception):
+            raise
         raise DetconvertError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                               out) from exc
     import onnx

@@ -38,7 +38,6 @@ import math
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import numpy as np
 
 from detconvert.data.classes import ClassTable, table_from_names
 from detconvert.errors import DetconvertError, PathLike
+from detconvert.io.atomic import discard, publish, temp_beside
 from detconvert.inference import vis
 from detconvert.inference.results import detections_to_coco, run_metadata, write_run_metadata
 from detconvert.inference.runner import filter_classes, resolve_class_filter
@@ -406,13 +406,6 @@ def detect_video(
 # atomic outputs
 
 
-def _temp_beside(final: Path, suffix: str) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def _count_frames(path: Path) -> int:
     capture = cv2.VideoCapture(str(path))
     try:
@@ -441,7 +434,7 @@ class VideoFileWriter:
         if len(code) != 4:
             raise DetconvertError(f"a FourCC code has 4 characters, got {code!r}", "--fourcc")
         self.fourcc, self.fps, self.size = code, fps, size
-        self.tmp = _temp_beside(self.path, suffix)
+        self.tmp = temp_beside(self.path, suffix)
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*code), fps, size)
         self.frames = 0
         if not self.writer.isOpened():
@@ -466,15 +459,12 @@ class VideoFileWriter:
             self.abort()
             raise DetconvertError(f"the {self.fourcc} video written reads back as {readable} frames, not "
                                   f"{self.frames}; try another --fourcc or extension", self.path)
-        os.chmod(self.tmp, 0o666 & ~_umask())
-        os.replace(self.tmp, self.path)
-        return self.path
+        return publish(self.tmp, self.path)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.release()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
+        discard(self.tmp)
 
 
 class JsonLinesWriter:
@@ -482,7 +472,7 @@ class JsonLinesWriter:
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
-        self.tmp = _temp_beside(self.path, "")
+        self.tmp = temp_beside(self.path)
         self.handle = open(self.tmp, "w", encoding="utf-8")
         self.lines = 0
 
@@ -495,21 +485,12 @@ class JsonLinesWriter:
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.handle.close()
-        os.chmod(self.tmp, 0o666 & ~_umask())
-        os.replace(self.tmp, self.path)
-        return self.path
+        return publish(self.tmp, self.path)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        discard(self.tmp)
 
 
 # ---------------------------------------------------------------------------------------------------
