@@ -451,3 +451,43 @@ def test_shapes_devkit_end_to_end_with_the_shipped_model(tmp_path, capsys):
     # --voc-metric area overrides the year's 11-point metric
     area = evaluate_voc_results(root, "test", out, metric="area", log=None, warn=lambda m: None)
     assert area.metric == "area" and area.mean_ap >= 0.9
+
+
+def test_voc2012_names_through_infer_json_and_eval(tmp_path, capsys):
+    """Names like ``2008_000123`` are not numbers: infer's ids are positions in its run, so its json is matched to
+    the split by each record's ``file_name``; eval's own json carries them too. Both score as the model run."""
+    from detconvert.demo import SHAPES_MODEL
+    from detconvert.train.shapes import SHAPE_CLASSES, write_shapes_voc
+
+    root = write_shapes_voc(tmp_path / "VOCdevkit", num_images=4, seed=0)
+    split = root / "ImageSets" / "Main" / "test.txt"
+    numeric = split.read_text().split()
+    # reversed, so that a position in infer's (sorted) run is not a position in the split
+    renamed = {n: f"2008_{int(n) * 7:06d}" for n in numeric}
+    for old, new in renamed.items():
+        (root / "Annotations" / f"{old}.xml").rename(root / "Annotations" / f"{new}.xml")
+        (root / "JPEGImages" / f"{old}.jpg").rename(root / "JPEGImages" / f"{new}.jpg")
+    split.write_text("".join(f"{renamed[n]}\n" for n in reversed(numeric)))
+
+    out = tmp_path / "out"
+    assert cli.main(["eval", "--voc", str(root), "--split", "test", "--load_detectron", str(SHAPES_MODEL),
+                     "--output-dir", str(out), "--device", "cpu", "--no-progress"]) == 0
+    table = _table(capsys.readouterr().out)
+    assert float(table[-1].split()[2]) >= 0.9  # "mAP = 1.0000 over ..." (measured 1.0, as with numeric names)
+    written = json.loads((out / "detections_coco.json").read_text())
+    assert {r["file_name"] for r in written} <= {f"{n}.jpg" for n in renamed.values()} and written
+
+    infer_out = tmp_path / "infer"
+    assert cli.main(["infer", "--load_detectron", str(SHAPES_MODEL), "--image_dir", str(root / "JPEGImages"),
+                     "--output_dir", str(infer_out), "--device", "cpu", "--no-progress", "--thresh", "2"]) == 0
+    capsys.readouterr()
+    infer_json = infer_out / "detections_coco.json"
+    ids = {r["image_id"] for r in json.loads(infer_json.read_text())}
+    assert ids <= {1, 2, 3, 4}  # positions in the run: by id alone nothing would match the split
+    classes_file = tmp_path / "classes.txt"
+    classes_file.write_text("".join(f"{n}\n" for n in SHAPE_CLASSES))
+    for results in (infer_json, out / "detections_coco.json"):
+        assert cli.main(["eval", "--voc", str(root), "--results", str(results), "--dataset", str(classes_file)]) == 0
+        captured = capsys.readouterr()
+        assert _table(captured.out) == table, captured.err
+        assert "outside split" not in captured.err

@@ -756,7 +756,8 @@ def evaluate_voc_results(
         metric: ``"07"`` or ``"area"``; default: the year's (:meth:`VocDataset.default_metric`).
         classes_map: a ``--classes-map`` file (:func:`read_classes_map`).
         class_table: json only: names of its ``category_id`` values (default: VOC's, ids 1-20). A json's
-            ``image_id`` is the image name, or its number when the split's names are numbers (``000001`` -> 1).
+            record names its image by ``file_name`` (``detconvert infer``'s), else by ``image_id``: the image name, or
+            its number when the split's names are numbers (``000001`` -> 1).
         log: receives the table (None: silent); warn: warnings (default: stderr).
 
     Raises:
@@ -803,6 +804,19 @@ def _json_image_names(dataset: VocDataset) -> Dict[Any, str]:
     return names
 
 
+def _record_image_name(record: Dict[str, Any], image_names: Dict[Any, str]) -> str:
+    """The VOC image a results record is about: its ``file_name`` (``detconvert infer`` writes one; the only
+    way to name ``2008_000123.jpg``, whose id is a position in the run) when that is an image of the split,
+    else its ``image_id`` (a name, or the number of a numeric name)."""
+    file_name = record.get("file_name")
+    if isinstance(file_name, str):
+        stem = Path(file_name).stem
+        if stem in image_names:
+            return stem
+    image_id = record["image_id"]
+    return image_names.get(image_id, str(image_id)) if isinstance(image_id, (int, str)) else str(image_id)
+
+
 def _json_detections(path: Path, dataset: VocDataset, table: ClassTable,
                      mapping: ClassMapping) -> Dict[str, ClassDetections]:
     from detconvert.inference.results import xywh_to_xyxy
@@ -822,8 +836,7 @@ def _json_detections(path: Path, dataset: VocDataset, table: ClassTable,
         target = mapping.to_dataset.get(class_name)
         if target is None:
             continue
-        image_id = record["image_id"]
-        name = image_names.get(image_id, str(image_id))  # unknown images are dropped (and said) later
+        name = _record_image_name(record, image_names)  # unknown images are dropped (and said) later
         try:
             # The json holds float(float32) values: back to float32 so the lines equal a model run's.
             xyxy = xywh_to_xyxy(np.asarray(record["bbox"], dtype=np.float64)).astype(np.float32)
@@ -866,8 +879,9 @@ def evaluate_voc(
     """Detect on every image of a VOC split, write Detectron's comp4 files, and score them.
 
     Writes (each atomically) ``comp4_det_<split>_<class>.txt`` for every evaluated class, ``voc_eval.json``
-    (per-class AP, counts, mAP, notes) and, when the split's image names are numbers, the COCO-style
-    ``detections_coco.json`` (image id = that number) into ``output_dir``.
+    (per-class AP, counts, mAP, notes) and the COCO-style ``detections_coco.json`` into ``output_dir`` (image
+    id = the number of a numeric name, else the position in the split; each record's ``file_name`` says which
+    image, as ``detconvert infer`` writes it, so ``eval --voc --results`` reads it back for any names).
 
     Args:
         predictor: a :class:`detconvert.inference.predictor.Predictor`.
@@ -886,7 +900,7 @@ def evaluate_voc(
     Raises:
         DetconvertError: a bad devkit or map, no readable image, nothing to evaluate.
     """
-    from detconvert.inference.runner import _progress, read_image
+    from detconvert.inference.runner import _progress, assign_image_ids, read_image
 
     warn_ = warn or _stderr_warning
     if batch_size < 1:
@@ -901,7 +915,8 @@ def evaluate_voc(
 
     lines: Dict[str, List[str]] = {name: [] for name in mapping.evaluated}
     coco_records: List[dict] = []
-    numeric = _numeric_names(dataset)
+    # detconvert infer's ids: the numbers of numeric names, else positions in the split (file_name says which)
+    image_ids = dict(zip(dataset.image_names, assign_image_ids([Path(f"{n}.jpg") for n in dataset.image_names])))
     read = 0
     batch: List[Tuple[str, Path, Optional[np.ndarray]]] = []
 
@@ -919,8 +934,10 @@ def evaluate_voc(
             for index, class_name in index_to_class.items():
                 keep = np.flatnonzero(dets.classes == index)  # Detectron's cls_boxes[j] rows, in their order
                 lines[class_name] += comp4_lines(name, dets.boxes[keep], dets.scores[keep])
-            if numeric:
-                coco_records.extend(detections_to_coco(dets, int(name), table))
+            records = detections_to_coco(dets, image_ids[name], table)
+            for record in records:
+                record["file_name"] = f"{name}.jpg"  # as detconvert infer writes: names what the id stands for
+            coco_records.extend(records)
 
     for name in _progress(dataset.image_names, len(dataset.image_names), progress):
         path = dataset.image_path(name)
@@ -946,8 +963,7 @@ def evaluate_voc(
     for class_name, class_lines in lines.items():
         with atomic_write(out / comp4_file_name(split, class_name), "w") as handle:
             handle.writelines(class_lines)
-    if numeric:
-        write_results(coco_records, out / RESULTS_JSON_NAME)
+    write_results(coco_records, out / RESULTS_JSON_NAME)
     detections = {name: parse_comp4_lines(class_lines, out / comp4_file_name(split, name))
                   for name, class_lines in lines.items()}
     report = evaluate_class_detections(dataset, detections, mapping, metric, warn=warn)
