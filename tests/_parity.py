@@ -61,7 +61,8 @@ def kernel_family() -> str:
 
     ``torch.backends.cpu.get_cpu_capability()`` is what ATen dispatches to (it honours
     ``ATEN_CPU_CAPABILITY``); oneDNN (the convolutions) has its own cap, ``DNNL_MAX_CPU_ISA`` /
-    ``ONEDNN_MAX_CPU_ISA``. Anything below AVX-512 on either side gets the looser bounds (a CPU
+    ``ONEDNN_MAX_CPU_ISA``; MKL (the fully connected layers) a third, ``MKL_ENABLE_INSTRUCTIONS``, which
+    ``.ci/run`` sets too but which is not read here (MKL's choice is not visible from Python). Anything below AVX-512 on either side gets the looser bounds (a CPU
     older than AVX2 too: those bounds are the wider ones, though no such CPU was measured).
     """
     aten = torch.backends.cpu.get_cpu_capability().upper()

@@ -429,17 +429,23 @@ def box_post_processing(spec: ArchSpec, scores, boxes) -> BoxResults:
     )
 
 
+def _head_input(model: DetectronModel, body: BodyPass, boxes: Sequence[Tensor], roi_xform: RoIXformSpec,
+                policy: PrecisionPolicy, blobs: _Blobs, rois_blob: str) -> Tensor:
+    """What the mask and keypoint heads share: boxes in original pixels -> scaled RoIs (``rois_blob``) ->
+    pooled features, laid out for ``policy``."""
+    rois = _scaled_rois(list(boxes), body.blob.im_scales, body.device)
+    pooled = _pool(model, model.spec, body.pooling_feats(model, policy), rois, roi_xform, blobs, rois_blob)
+    return policy.prepare_input(pooled)
+
+
 def mask_probabilities(
     model: DetectronModel, body: BodyPass, boxes: Sequence[Tensor], *, policy: PrecisionPolicy,
     blobs: Optional[_Blobs] = None,
 ) -> Tensor:
     """``core/test.im_detect_mask``: ``[sum R, K, M, M]`` soft masks of ``boxes`` (per image, original pixels)."""
-    spec = model.spec
     blobs = blobs or _Blobs(False)
-    mask_rois = _scaled_rois(list(boxes), body.blob.im_scales, body.device)
-    pooled = _pool(model, spec, body.pooling_feats(model, policy), mask_rois, spec.mask_head.roi_xform, blobs,
-                   "mask_rois")
-    probs = torch.sigmoid(policy.run(model.mask_head, policy.prepare_input(pooled)))
+    pooled = _head_input(model, body, boxes, model.spec.mask_head.roi_xform, policy, blobs, "mask_rois")
+    probs = torch.sigmoid(policy.run(model.mask_head, pooled))
     blobs.put("mask_fcn_probs", probs)
     return probs
 
@@ -449,12 +455,9 @@ def keypoint_heatmaps(
     blobs: Optional[_Blobs] = None,
 ) -> Tensor:
     """``core/test.im_detect_keypoints``: ``[sum R, J, H, H]`` heatmap logits of ``boxes`` (original pixels)."""
-    spec = model.spec
     blobs = blobs or _Blobs(False)
-    kp_rois = _scaled_rois(list(boxes), body.blob.im_scales, body.device)
-    pooled = _pool(model, spec, body.pooling_feats(model, policy), kp_rois, spec.keypoint_head.roi_xform, blobs,
-                   "keypoint_rois")
-    lowres, heatmaps = policy.run(model.keypoint_head, policy.prepare_input(pooled), return_lowres=True)
+    pooled = _head_input(model, body, boxes, model.spec.keypoint_head.roi_xform, policy, blobs, "keypoint_rois")
+    lowres, heatmaps = policy.run(model.keypoint_head, pooled, return_lowres=True)
     if lowres is not None:
         blobs.put("kps_score_lowres", lowres)
     blobs.put("kps_score", heatmaps)
