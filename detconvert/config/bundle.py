@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
+from detconvert._paths import bundled_dir
 from detconvert.config.translate import translate_config
 from detconvert.errors import PathLike
 
-BUNDLE_DIR = Path(__file__).resolve().parent.parent.parent / "configs_detectron"
+BUNDLE_DIR = bundled_dir("configs_detectron")
 
 
 def bundle_texts(detectron_configs: PathLike) -> Dict[str, str]:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
-from detconvert._paths import REPO_ROOT
+from detconvert._paths import bundled_dir
 from detconvert.errors import DetconvertError, PathLike
 
-CATALOGUE_PATH = REPO_ROOT / "model_zoo" / "catalogue.json"
+CATALOGUE_PATH = bundled_dir("model_zoo") / "catalogue.json"
 
 #: the values `detconvert zoo list --type` accepts.
 ENTRY_TYPES = ("mask", "box", "keypoint", "retinanet", "rpn", "imagenet")
