@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from detconvert.inference.precision import PrecisionPolicy, resolve_precision
 from detconvert.modeling.detector import DetectronModel
+from detconvert.modeling.layers import FixedBilinearUpsample
 from detconvert.ops import fpn_rpn_cell_anchors, generate_anchors, generate_proposals, map_rois_to_fpn_levels
 from detconvert.ops import multilevel_roi_align, roi_align
 from detconvert.spec import ArchSpec, RoIXformSpec
@@ -77,6 +78,19 @@ class TrainBatch:
     roidb: List[Dict[str, Any]]
 
 
+def retinanet_class_bias_init(head) -> Tensor:
+    """``retinanet_heads.get_retinanet_bias_init``: every anchor starts as background with probability
+    ``1 - PRIOR_PROB``. Sigmoid: ``-log((1 - p) / p)`` for every class; softmax (per anchor ``K`` channels,
+    background first): ``log((K - 1) (1 - p) / p)`` on the background channel, 0 on the others."""
+    prior = head.spec.prior_prob
+    num_anchors = head.spec.num_anchors
+    if not head.spec.softmax:
+        return torch.full((num_anchors * head.cls_pred_dim,), -float(np.log((1.0 - prior) / prior)))
+    bias = torch.zeros(num_anchors, head.cls_pred_dim)
+    bias[:, 0] = float(np.log((head.cls_pred_dim - 1) * (1.0 - prior) / prior))
+    return bias.reshape(-1)
+
+
 def init_for_training(model: DetectronModel, seed: int = 0) -> None:
     """Detectron's initialisers for the layers a detector trains from scratch.
 
@@ -86,8 +100,9 @@ def init_for_training(model: DetectronModel, seed: int = 0) -> None:
     ``FPN`` and mask convs: XavierFill / MSRAFill (here Kaiming normal, fan-out), ``fc6``/``fc7``
     XavierFill. Biases 0. Body convs get MSRAFill (Kaiming normal), GroupNorm affine (1, 0).
     ``retinanet_heads.add_fpn_retinanet_outputs``: tower and prediction convs GaussianFill(std 0.01),
-    the class logits' bias ``-log((1 - PRIOR_PROB) / PRIOR_PROB)`` (sigmoid heads) so that every
-    anchor starts as background and the focal loss does not explode on the first iterations.
+    the class logits' bias from :func:`retinanet_class_bias_init` so that every anchor starts as background
+    and the focal loss does not explode on the first iterations. The fixed bilinear up-samplers
+    (``kps_score``, ``mask_fcn_logits_up``) keep their kernel.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -115,6 +130,10 @@ def init_for_training(model: DetectronModel, seed: int = 0) -> None:
             continue
         if not isinstance(module, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
             continue
+        if isinstance(module, FixedBilinearUpsample):
+            # Detectron's BilinearInterpolation: a GivenTensorFill kernel in do_not_update_params; ours is
+            # frozen too, so noise written here would stay for the whole run
+            continue
         std = next((v for k, v in small.items() if name.startswith(k)), None)
         if std is not None:
             normal_(module.weight, std)
@@ -126,10 +145,9 @@ def init_for_training(model: DetectronModel, seed: int = 0) -> None:
             with torch.no_grad():
                 module.bias.zero_()
     head = model.retinanet_head
-    if head is not None and not head.spec.softmax:
-        prior = head.spec.prior_prob
+    if head is not None:
         with torch.no_grad():
-            head.cls_pred.bias.fill_(-float(np.log((1.0 - prior) / prior)))
+            head.cls_pred.bias.copy_(retinanet_class_bias_init(head))
 
 
 def _rpn_level_maps(model: DetectronModel, spec: ArchSpec, feats: Dict[str, Tensor]) -> Tuple[List[Tensor], List[str], List[int]]:
