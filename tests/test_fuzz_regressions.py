@@ -161,6 +161,7 @@ def test_number_tuple_holding_a_string(tmp_path):
     ({"boxes": [[[1, 2, 3, 4], [1]]]}, "not a table of numbers"),  # found: ValueError (inhomogeneous)
     ({"boxes": [[1, 2, 3]]}, "not rows of 4"),
     ({"boxes": 5}, "not a list"),
+    ({"boxes": None}, "'boxes' is None, not a list"),  # found (campaign of 2026-12-06): TypeError from len(None)
     ({"boxes": [[["a", "b", "c", "d"]]]}, "not numbers"),
     ({"boxes": [[[1, 2, 3, 4]]], "scores": [[0.5, 0.4]]}, "1 boxes but 2 scores"),
     ({"boxes": [[]], "ids": [{"x": 1}]}, "image id is a dict"),

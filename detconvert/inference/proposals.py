@@ -57,6 +57,8 @@ def read_proposals(path: PathLike) -> Tuple[List[Any], List[np.ndarray], List[Op
     if not isinstance(data, dict) or "boxes" not in data:
         raise DetconvertError("not a proposal file (expected a dict with 'boxes', 'scores', 'ids')", path)
     entries = {"boxes": data["boxes"], "scores": data.get("scores"), "ids": data.get("ids", data.get("indexes"))}
+    if entries["boxes"] is None:  # scores and ids may be absent (None); boxes are the file
+        raise DetconvertError("'boxes' is None, not a list with one entry per image", path)
     for name, value in entries.items():
         if value is not None and not isinstance(value, (list, tuple)):
             raise DetconvertError(f"'{name}' is a {type(value).__name__}, not a list with one entry per image", path)
