@@ -8,6 +8,7 @@ CPU for the four targets together (runs below; each process is also capped at 25
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,24 @@ def test_every_seed_loads_cleanly(tmp_path):
             else:
                 path.write_bytes(data)
             readers[target](path)  # no exception at all: a seed that fails is not a real-format seed
+
+
+@pytest.mark.skipif(not ATHERIS, reason="the memory limit is libFuzzer's (atheris); the random engine has none")
+def test_a_large_parent_does_not_trip_the_memory_limit(tmp_path):
+    """Linux carries a parent's peak RSS (ru_maxrss) over fork + exec, and libFuzzer reads it: from the full
+    suite (2.5 GB) every smoke target ended in a false out-of-memory. Here a 400 MB parent and a 300 MB budget."""
+    parent = (
+        "import subprocess, sys\n"
+        "ballast = bytearray(b'x') * (400 << 20)  # written, so resident\n"
+        "sys.exit(subprocess.run(sys.argv[1:]).returncode)\n"
+    )
+    result = subprocess.run(
+        # 4 s: libFuzzer's memory check runs once a second
+        [sys.executable, "-c", parent, sys.executable, str(HARNESS), "proposals", "--runs", "-1", "--seed", "1",
+         "--max-time", "4", "--rss-budget-mb", "300", "--crash-dir", str(tmp_path / "crashes"),
+         "--corpus-dir", str(tmp_path / "corpus")],
+        capture_output=True, text=True, timeout=300,
+    )
+    crashes = sorted(p.name for p in (tmp_path / "crashes").glob("crash-*"))
+    assert result.returncode == 0 and not crashes, f"{crashes}\n{(result.stdout + result.stderr)[-3000:]}"
+    assert re.search(r"Done \d+ runs in [45] second", result.stderr + result.stdout), result.stderr[-2000:]

@@ -214,7 +214,10 @@ def test_ctrl_c_keeps_the_outputs_valid(clip, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "detconvert", "infer", "--load_detectron", MODEL, "--video",
                              str(long_video), "--output-video", str(out_video), "--json-lines", str(out_lines)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (`cmd &` in a script) inherits SIGINT ignored, and
+                            # Python then keeps ignoring it: give the child the default a terminal would
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:  # wait for 3 lines in the temp file

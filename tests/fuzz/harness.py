@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import signal
 import sys
 import tempfile
@@ -48,6 +49,22 @@ try:
     import atheris
 except ImportError:  # the random engine needs nothing beyond the project
     atheris = None
+
+
+#: Memory one input may take (libFuzzer's -rss_limit_mb), on top of what the process inherited (below).
+RSS_BUDGET_MB = 2048
+
+
+# libFuzzer checks getrusage().ru_maxrss, and Linux carries a parent's peak over fork + exec: started from a
+# pytest process that holds 2.5 GB of models, the harness reads as 2.5 GB before its first input and every
+# run ends in a false out-of-memory. So the budget counts from the peak this process started with, read
+# here, before anything large is imported (kilobytes on Linux).
+_STARTING_PEAK_MB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def rss_limit_mb(budget_mb: int = RSS_BUDGET_MB) -> int:
+    """libFuzzer's ``-rss_limit_mb``: ``budget_mb`` above the peak RSS this process started with."""
+    return budget_mb + _STARTING_PEAK_MB
 
 
 class InvariantBroken(AssertionError):
@@ -251,6 +268,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--crash-dir", type=Path, default=Path(tempfile.gettempdir()) / "detconvert-fuzz-crashes")
     parser.add_argument("--keep-going", action="store_true", help="random engine: list every distinct crash")
     parser.add_argument("--corpus-dir", type=Path, help="atheris: where new inputs go (default: a temp folder)")
+    parser.add_argument("--rss-budget-mb", type=int, default=RSS_BUDGET_MB,
+                        help=f"atheris: memory an input may take above the starting peak (default {RSS_BUDGET_MB})")
     args = parser.parse_args(own)
     if args.engine == "atheris" and atheris is None:
         parser.error("atheris is not installed (pip install -e '.[fuzz]'), use --engine random")
@@ -269,7 +288,7 @@ def main(argv: List[str]) -> int:
     args.crash_dir.mkdir(parents=True, exist_ok=True)
     dict_file = HERE / f"{'pickle' if args.target in ('weights', 'proposals') else 'yaml'}.dict"
     flags = [f"-runs={args.runs}", f"-seed={args.seed}", f"-max_total_time={int(args.max_time)}",
-             f"-timeout={INPUT_TIMEOUT_S}", "-rss_limit_mb=2048", f"-dict={dict_file}",
+             f"-timeout={INPUT_TIMEOUT_S}", f"-rss_limit_mb={rss_limit_mb(args.rss_budget_mb)}", f"-dict={dict_file}",
              f"-artifact_prefix={args.crash_dir}/crash-{args.target}-", "-print_final_stats=1", *libfuzzer,
              str(corpus), str(CORPUS / args.target)]
     atheris.Setup([sys.argv[0], *flags], target)
