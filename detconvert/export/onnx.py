@@ -169,12 +169,13 @@ def export_onnx(
     except DetconvertError:
         discard(tmp)
         raise
-    except BaseException as exc:  # the exporter's own errors: one line, nothing left behind (Ctrl-C too)
+    except Exception as exc:  # the exporter's own errors: one line, nothing left behind
         discard(tmp)
-        if not isinstance(exc, Exception):
-            raise
         raise DetconvertError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                               out) from exc
+    except BaseException:  # Ctrl-C: nothing left behind either
+        discard(tmp)
+        raise
     import onnx
 
     num_tensors = len(onnx.load(str(out), load_external_data=False).graph.initializer)

@@ -8,6 +8,7 @@ whose writer is dead from one still being written, and removes only the former.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -22,6 +23,7 @@ _OWNER = re.compile(r"\.p(\d+)@([A-Za-z0-9_]+)\.[^/]*\.part(\.[A-Za-z0-9]+)?$")
 _swept: Set[str] = set()
 
 
+@functools.lru_cache(maxsize=None)
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:64] or "host"
 
